@@ -1,0 +1,1 @@
+"""Authentication core: directory, verifiers, SASL mechanisms, checkers, realm."""
