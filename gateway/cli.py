@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{mailgateway} admin command: check, certs, user, auth.
+
+Every command answers an error with one clear message on stderr and exit
+status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence, TextIO
+
+from gateway.config import GatewayConfig, load
+from gateway.errors import ConfigError
+
+
+def summarize(config: GatewayConfig, tls_info: dict[str, str]) -> str:
+    """A human summary of a valid configuration: one line per listener."""
+    out = [
+        f"configuration {config.path} is valid",
+        f"  hostname:       {config.server.hostname}",
+        f"  state_dir:      {config.server.state_dir}",
+        f"  local domains:  {', '.join(config.server.local_domains) or '(none)'}",
+        f"  trusted nets:   {', '.join(map(str, config.server.trusted_networks)) or '(none)'}",
+        f"  users file:     {config.auth.users or '(none)'}",
+        f"  plain-text auth before TLS: "
+        f"{'ALLOWED' if config.auth.plaintext_without_tls else 'refused'}",
+        "  listeners:",
+    ]
+    width = max((len(lst.name) for lst in config.listeners), default=4)
+    for lst in config.listeners:
+        profile = f" profile={lst.tls_profile}" if lst.tls_profile else ""
+        out.append(f"    {lst.name:<{width}}  {lst.role:<11} {lst.endpoint:<28} tls={lst.tls}{profile}")
+    for name, info in sorted(tls_info.items()):
+        out.append(f"  tls.{name}: {info}")
+    return "\n".join(out)
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gateway.tls import TLSSetupError, build
+
+    try:
+        config = load(args.config)
+        servers = build(config.tls)
+    except ConfigError as e:
+        print(f"mailgateway: {args.config}: {e.render()}", file=err)
+        return 1
+    except TLSSetupError as e:
+        print(f"mailgateway: {args.config}: TLS: {e}", file=err)
+        return 1
+    info = {
+        name: f"certificate valid until {s.not_after:%Y-%m-%d}"
+        + (", requests client certificates" if s.requests_client_certificate else "")
+        for name, s in servers.items()
+    }
+    print(summarize(config, info), file=out)
+    return 0
+
+
+def cmd_certs_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gateway import certs
+
+    hostnames = args.hostname or ["localhost"]
+    try:
+        paths = certs.init_certificates(
+            Path(args.out), hostnames, key_type=args.key_type, overwrite=args.force
+        )
+    except certs.CertificateError as e:
+        print(f"mailgateway certs: {e}", file=err)
+        return 1
+    print(f"CA:     {certs.describe_certificate(paths.ca_certificate)}", file=out)
+    print(f"server: {certs.describe_certificate(paths.certificate)}", file=out)
+    print(f"wrote files in {args.out}", file=out)
+    return 0
+
+
+def cmd_certs_client(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from gateway import certs
+
+    try:
+        paths = certs.issue_client_certificate(
+            Path(args.ca_dir), args.user,
+            Path(args.out) if args.out else None, key_type=args.key_type,
+        )
+    except certs.CertificateError as e:
+        print(f"mailgateway certs: {e}", file=err)
+        return 1
+    print(f"client: {certs.describe_certificate(paths.certificate)}", file=out)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mailgateway", description="Administer the mail gateway."
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    check = sub.add_parser("check", help="validate a configuration file and summarize it")
+    check.add_argument("config", help="the TOML configuration file")
+    check.set_defaults(func=cmd_check)
+
+    certs = sub.add_parser("certs", help="make a CA, server and client certificates")
+    csub = certs.add_subparsers(dest="certs_command", metavar="ACTION")
+    csub.required = True
+    init = csub.add_parser("init", help="create a CA and a server certificate")
+    init.add_argument("--hostname", action="append",
+                      help="server host name (repeatable); localhost and 127.0.0.1 are always added")
+    init.add_argument("--out", required=True, help="directory to write into")
+    init.add_argument("--key-type", choices=("ec", "rsa"), default="ec",
+                      help="ECDSA P-256 (default) or RSA 2048")
+    init.add_argument("--force", action="store_true",
+                      help="replace existing files (a CA is never replaced silently)")
+    init.set_defaults(func=cmd_certs_init)
+    client = csub.add_parser("client", help="issue a client certificate (for SASL EXTERNAL)")
+    client.add_argument("user", help="the account, e.g. alice@example.edu")
+    client.add_argument("--ca-dir", required=True, help="directory made by 'certs init'")
+    client.add_argument("--out", help="output directory (default CA_DIR/clients)")
+    client.add_argument("--key-type", choices=("ec", "rsa"), default="ec")
+    client.set_defaults(func=cmd_certs_client)
+
+    for extend in _extensions():
+        extend(sub)
+    return p
+
+
+def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Command groups that live in their own modules."""
+    found = []
+    try:
+        from gateway.auth import usercli
+    except ImportError:  # pragma: no cover - only while the module is missing
+        pass
+    else:
+        found.append(usercli.add_subparsers)
+    return found
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args, out, err) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

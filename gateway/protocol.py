@@ -1,0 +1,319 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+What POP3, IMAP and SMTP connections share: the listener they belong to, the
+TLS state (implicit or upgraded), limits (line length, idle time, bad
+commands, connections), and the connection log.
+
+L{LineProtocol} is a C{LineReceiver}, not a C{LineOnlyReceiver}: its
+C{clearLineBuffer} drops every line the client sent after STARTTLS/STLS and
+before the handshake, which is how L{LineProtocol.start_tls} closes the
+command-injection hole (CVE-2011-0411; RFC 3207 section 4.2, RFC 2595 section
+3.1).  A C{LineOnlyReceiver} would still deliver the lines of the same
+segment.
+
+Protocol classes know nothing of storage or policy: they receive a
+L{ListenerContext} with the portal and settings, built by L{gateway.service}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import basic, policies
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.config import Limits, Listener
+from gateway.tls import ServerTLS, connection_info
+
+
+@dataclass
+class ListenerContext:
+    """
+    Everything a connection of one listener needs, wired by the service.
+
+    @ivar tls: the listener's L{ServerTLS}, or C{None} for C{tls = "none"}.
+    @ivar mechanisms: the SASL mechanisms this listener offers (before the
+        TLS and plain-text filter).
+    @ivar extras: room for the later services (store, policy, queue) without
+        changing this class's constructor.
+    """
+
+    listener: Listener
+    hostname: str
+    limits: Limits
+    portal: Portal
+    clock: IReactorTime
+    tls: ServerTLS | None = None
+    mechanisms: tuple[str, ...] = ()
+    plaintext_without_tls: bool = False
+    trusted_networks: tuple[Any, ...] = ()
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted_networks)
+
+
+@implementer(IHandshakeListener)
+class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
+    """
+    Base of the three protocols.  Subclasses implement L{greet},
+    L{line_received}, L{reply_busy}, L{reply_line_too_long},
+    L{reply_timeout} and set C{service_name}.
+    """
+
+    delimiter = b"\r\n"
+    service_name = "line"
+    log = Logger()
+
+    def __init__(self, context: ListenerContext) -> None:
+        self.context = context
+        self.MAX_LENGTH = context.limits.max_line_length
+        self.callLater = context.clock.callLater  # TimeoutMixin's clock
+        self.encrypted = False
+        self.tls_pending = False
+        self.bad_commands = 0
+        self.peer = "?"
+        self.admitted = False
+
+    # Connection life cycle
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", None) or str(peer)
+        factory: ConnectionLimitingFactory = self.factory
+        self.admitted = factory.admit(self.peer)
+        if not self.admitted:
+            self.log.warn(
+                "{listener}: refused {peer}: too many connections",
+                listener=self.context.listener.name,
+                peer=self.peer,
+            )
+            self.reply_busy()
+            self.transport.loseConnection()
+            return
+        factory.connections.add(self)
+        self.encrypted = self.context.listener.tls == "implicit"
+        self.log.info(
+            "{listener}: connection from {peer}",
+            listener=self.context.listener.name,
+            peer=self.peer,
+        )
+        self.setTimeout(self.idle_timeout())
+        self.greet()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        if self.admitted:
+            self.admitted = False
+            self.factory.release(self.peer)
+            self.factory.connections.discard(self)
+            self.factory.connection_closed()
+            self.log.info(
+                "{listener}: {peer} closed: {why}",
+                listener=self.context.listener.name,
+                peer=self.peer,
+                why=reason.getErrorMessage() if reason is not None else "done",
+            )
+
+    def handshakeCompleted(self) -> None:
+        self.encrypted = True
+        self.tls_pending = False
+        info = connection_info(self.transport) or {"version": "?", "cipher": "?"}
+        self.log.info(
+            "{listener}: {peer} TLS {version} {cipher}",
+            listener=self.context.listener.name,
+            peer=self.peer,
+            version=info["version"],
+            cipher=info["cipher"],
+        )
+        self.tls_started()
+
+    # Lines
+
+    def lineReceived(self, line: bytes) -> Any:
+        if self.tls_pending:
+            # Belt and braces: nothing may be processed between the upgrade
+            # reply and the handshake.
+            return None
+        self.resetTimeout()
+        return self.line_received(line)
+
+    def lineLengthExceeded(self, line: bytes) -> Any:
+        self.reply_line_too_long()
+        self.transport.loseConnection()
+        return None
+
+    def timeoutConnection(self) -> None:
+        self.log.info(
+            "{listener}: {peer} idle timeout",
+            listener=self.context.listener.name,
+            peer=self.peer,
+        )
+        self.reply_timeout()
+        self.transport.loseConnection()
+
+    def count_bad_command(self) -> bool:
+        """
+        Count a bad command.
+
+        @return: C{True} if the connection has reached the limit and is being
+            closed (the caller sends nothing more).
+        """
+        self.bad_commands += 1
+        if self.bad_commands >= self.context.limits.max_bad_commands:
+            self.transport.loseConnection()
+            return True
+        return False
+
+    # TLS
+
+    @property
+    def can_start_tls(self) -> bool:
+        return (
+            self.context.tls is not None
+            and self.context.listener.tls == "starttls"
+            and not self.encrypted
+            and not self.tls_pending
+        )
+
+    def start_tls(self) -> None:
+        """
+        Upgrade to TLS with the listener's context.  The caller has already
+        written its "go ahead" reply; every byte the client sent after the
+        upgrade command is thrown away (RFC 3207 section 4.2).
+        """
+        dropped = self.clearLineBuffer()
+        if dropped:
+            self.log.warn(
+                "{listener}: {peer} sent {n} bytes after the TLS upgrade "
+                "command; discarded",
+                listener=self.context.listener.name,
+                peer=self.peer,
+                n=len(dropped),
+            )
+        self.tls_pending = True
+        self.transport.startTLS(self.context.tls)
+
+    @property
+    def plaintext_allowed(self) -> bool:
+        """May a password cross this connection in clear now?"""
+        return self.encrypted or self.context.plaintext_without_tls
+
+    def shutdown(self) -> None:
+        """
+        The server is stopping: say goodbye and close once the current
+        command's reply is written.  Subclasses with work in flight override
+        this to finish it first.
+        """
+        self.reply_shutdown()
+        self.transport.loseConnection()
+
+    # For subclasses
+
+    def reply_shutdown(self) -> None:
+        raise NotImplementedError
+
+    def idle_timeout(self) -> float:
+        raise NotImplementedError
+
+    def greet(self) -> None:
+        raise NotImplementedError
+
+    def line_received(self, line: bytes) -> Any:
+        raise NotImplementedError
+
+    def tls_started(self) -> None:
+        """Called once the handshake is done; reset state here."""
+
+    def reply_busy(self) -> None:
+        raise NotImplementedError
+
+    def reply_line_too_long(self) -> None:
+        raise NotImplementedError
+
+    def reply_timeout(self) -> None:
+        raise NotImplementedError
+
+
+class ConnectionLimitingFactory(Factory):
+    """
+    A factory for one listener that counts its connections, in total and per
+    client address, against the configured limits.
+    """
+
+    protocol_class: type[LineProtocol] = LineProtocol
+    noisy = False  # the listener service logs once, per listener
+
+    def __init__(self, context: ListenerContext) -> None:
+        self.context = context
+        self.total = 0
+        self.by_address: Counter[str] = Counter()
+        self.connections: set[LineProtocol] = set()
+        self._drained: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> LineProtocol:
+        p = self.protocol_class(self.context)
+        p.factory = self
+        return p
+
+    def admit(self, address: str) -> bool:
+        limits = self.context.limits
+        if self.total >= limits.max_connections:
+            return False
+        if (
+            self.by_address[address] >= limits.max_connections_per_address
+            and not self.context.is_trusted(address)
+        ):
+            return False
+        self.total += 1
+        self.by_address[address] += 1
+        return True
+
+    def close_all(self, timeout: float) -> Deferred[None]:
+        """
+        Ask every open connection to finish, and abort those still open after
+        C{timeout} seconds.
+
+        @return: a L{Deferred} that fires when no connection is left.
+        """
+        if not self.connections:
+            return succeed(None)
+        for conn in list(self.connections):
+            conn.shutdown()
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+
+        def abort_rest() -> None:
+            for conn in list(self.connections):
+                conn.transport.abortConnection()
+
+        timer = self.context.clock.callLater(timeout, abort_rest)
+        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        if not self.connections:
+            self.connection_closed()
+        return d
+
+    def connection_closed(self) -> None:
+        if not self.connections:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def release(self, address: str) -> None:
+        self.total -= 1
+        self.by_address[address] -= 1
+        if self.by_address[address] <= 0:
+            del self.by_address[address]

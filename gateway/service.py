@@ -1,0 +1,178 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The composition root: a validated configuration in, a running service tree
+out.  This is the only module that wires components together; everything
+below it receives its collaborators as arguments.
+
+Tree::
+
+    GatewayService (MultiService)        SIGHUP: reload TLS and the directory
+      ListenerService "smtp"  ─ endpoint ─ [TLSMemoryBIOFactory] ─ SMTPFactory
+      ListenerService "imaps" ─ endpoint ─ TLSMemoryBIOFactory ─ IMAPFactory
+      ...
+
+A listener that cannot bind stops the start: L{ListenerService} raises
+C{SystemExit} with the listener's name, endpoint and the reason, so twistd
+exits non-zero instead of logging and carrying on.
+
+On stop (SIGTERM), every listener stops accepting, each open connection is
+told the server is going away and closed after its current command, and
+whatever remains after C{server.shutdown_timeout} seconds is aborted.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.application import service
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from gateway.auth.realm import GatewayRealm
+from gateway.config import GatewayConfig, Listener
+from gateway.imap.protocol import IMAPFactory
+from gateway.pop3.protocol import POP3Factory
+from gateway.protocol import ConnectionLimitingFactory, ListenerContext
+from gateway.smtp.server import SMTPFactory
+from gateway.tls import ServerTLS, TLSSetupError
+from gateway.tls import build as build_tls
+
+log = Logger()
+
+FACTORIES: dict[str, type[ConnectionLimitingFactory]] = {
+    "smtp": SMTPFactory,
+    "pop3": POP3Factory,
+    "imap": IMAPFactory,
+}
+
+
+class ListenerService(service.Service):
+    """One listening endpoint and the connections it accepted."""
+
+    def __init__(self, listener: Listener, endpoint: Any, factory: ConnectionLimitingFactory,
+                 wrapped: Any, clock: Any, shutdown_timeout: float) -> None:
+        self.setName(listener.name)
+        self.listener = listener
+        self.endpoint = endpoint
+        self.factory = factory
+        self.wrapped = wrapped
+        self.clock = clock
+        self.shutdown_timeout = shutdown_timeout
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        # Bind in the privileged phase (ports below 1024 before twistd drops
+        # privileges); endpoints for TCP, UNIX and systemd answer at once.
+        result: list[Any] = []
+        self.endpoint.listen(self.wrapped).addBoth(result.append)
+        if not result:
+            raise SystemExit(f"mailgateway: listener {self.name} ({self.listener.endpoint}): "
+                             "endpoint did not bind immediately")
+        outcome = result[0]
+        if not IListeningPort.providedBy(outcome):
+            reason = outcome.getErrorMessage() if hasattr(outcome, "getErrorMessage") else outcome
+            raise SystemExit(
+                f"mailgateway: listener {self.name} ({self.listener.endpoint}): "
+                f"cannot listen: {reason}"
+            )
+        self.port = outcome
+        host = outcome.getHost()
+        log.info("listener {name} ({role}, tls={tls}) on {host}", name=self.name,
+                 role=self.listener.role, tls=self.listener.tls, host=host)
+        super().privilegedStartService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        stopped = defer.maybeDeferred(port.stopListening) if port else defer.succeed(None)
+        return stopped.addCallback(lambda _: self.factory.close_all(self.shutdown_timeout))
+
+
+class GatewayService(service.MultiService):
+    """The whole gateway; reloads certificates and users on SIGHUP."""
+
+    def __init__(self, config: GatewayConfig, tls: dict[str, ServerTLS],
+                 reloadables: list[Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.tls = tls
+        self.reloadables = reloadables
+        self._previous_hup: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        if hasattr(signal, "SIGHUP"):
+            from twisted.internet import reactor
+
+            def on_hup(signum: int, frame: Any) -> None:
+                reactor.callFromThread(self.reload)
+
+            self._previous_hup = signal.signal(signal.SIGHUP, on_hup)
+
+    def stopService(self) -> Any:
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+        return super().stopService()
+
+    def reload(self) -> None:
+        """Re-read certificates and reloadable components; keep the old on error."""
+        for name, server_tls in self.tls.items():
+            try:
+                server_tls.reload()
+            except TLSSetupError as e:
+                log.error("TLS profile {name} not reloaded, keeping the old one: {why}",
+                          name=name, why=str(e))
+            else:
+                log.info("TLS profile {name} reloaded", name=name)
+        for component in self.reloadables:
+            try:
+                component.reload()
+            except Exception:
+                log.failure("reload of {c} failed", c=component)
+
+
+def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> GatewayService:
+    """
+    Build the service tree.  Nothing listens until it is started.
+
+    @raise TLSSetupError: a TLS profile's files cannot be used.
+    """
+    tls = build_tls(config.tls)
+    reloadables: list[Any] = []
+    if portal is None:
+        portal = Portal(GatewayRealm())
+    root = GatewayService(config, tls, reloadables)
+    for listener in config.listeners:
+        profile = config.profile_for(listener)
+        server_tls = tls[profile.name] if profile else None
+        context = ListenerContext(
+            listener=listener,
+            hostname=config.server.hostname,
+            limits=config.limits,
+            portal=portal,
+            clock=reactor,
+            tls=server_tls,
+            mechanisms=listener.mechanisms or config.auth.mechanisms,
+            plaintext_without_tls=(
+                listener.plaintext_without_tls
+                if listener.plaintext_without_tls is not None
+                else config.auth.plaintext_without_tls
+            ),
+            trusted_networks=config.server.trusted_networks,
+        )
+        factory = FACTORIES[listener.protocol](context)
+        wrapped: Any = factory
+        if listener.tls == "implicit":
+            assert server_tls is not None  # config validation guarantees it
+            wrapped = TLSMemoryBIOFactory(server_tls, False, factory)
+            wrapped.noisy = False
+        endpoint = serverFromString(reactor, listener.endpoint)
+        ListenerService(listener, endpoint, factory, wrapped, reactor,
+                        config.server.shutdown_timeout).setServiceParent(root)
+    return root
