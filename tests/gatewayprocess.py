@@ -1,0 +1,117 @@
+"""
+Start the real gateway (C{twistd -n mailgateway}) in a child process on
+127.0.0.1 with free ports, for end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support import ROOT, free_port, make_certs
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+ROLES = {
+    # name: (role, tls)
+    "smtp": ("mx", "starttls"),
+    "submission": ("submission", "starttls"),
+    "smtps": ("submissions", "implicit"),
+    "pop3": ("pop3", "starttls"),
+    "pop3s": ("pop3", "implicit"),
+    "imap": ("imap", "starttls"),
+    "imaps": ("imap", "implicit"),
+}
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+class GatewayProcess:
+    """One running gateway with its temporary directory."""
+
+    def __init__(self, extra: str = "", ports: dict[str, int] | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="mailgateway-e2e-"))
+        self.certs = make_certs(self.dir / "certs", "localhost")
+        self.ports = ports or {name: free_port() for name in ROLES}
+        listeners = "".join(
+            f"""
+[[listener]]
+name = "{name}"
+role = "{role}"
+endpoint = "tcp:{self.ports[name]}:interface=127.0.0.1"
+tls = "{tls}"
+tls_profile = "main"
+"""
+            for name, (role, tls) in ROLES.items()
+        )
+        self.config = self.dir / "gateway.toml"
+        self.config.write_text(
+            f"""
+[server]
+hostname = "localhost"
+state_dir = "{self.dir / 'state'}"
+local_domains = ["example.test"]
+shutdown_timeout = 5
+
+[tls.main]
+certificate = "{self.certs.certificate}"
+private_key = "{self.certs.key}"
+client_ca = "{self.certs.ca_certificate}"
+{extra}
+{listeners}
+"""
+        )
+        self.log = self.dir / "gateway.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> None:
+        self._logfile = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "mailgateway", "--config", str(self.config)],
+            stdout=self._logfile, stderr=subprocess.STDOUT, env=environment(), cwd=self.dir,
+        )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = set(self.ports.values())
+        while pending and time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.log.read_text()}")
+            for port in list(pending):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    pending.discard(port)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        if pending:
+            raise RuntimeError(f"ports {pending} never opened:\n{self.log.read_text()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._logfile.close()
+        return self.process.returncode
