@@ -1,0 +1,52 @@
+# mailgateway: `make run` starts a development gateway, `make test` runs
+# every test.  Both create the virtualenv and install what they need.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STATE := dev-state
+DEV_CONFIG := etc/dev.toml
+DEV_CERT := $(DEV_STATE)/certs/server.pem
+
+# Debian packages of the programs the end-to-end tests drive for real.
+TEST_PACKAGES := openssl
+
+.PHONY: run test check lint venv dev-certs clean
+
+$(BIN)/python:
+	@# Debian's python3 needs python3-venv for "python3 -m venv".
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || tools/ensure-debian-packages python3-venv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Editable in "compat" mode: the checkout is on sys.path, so twistd finds
+# twisted/plugins/mailgateway_plugin.py from any directory.
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	@touch $@
+
+venv: $(STAMP)
+
+$(DEV_CERT): | $(STAMP)
+	$(BIN)/mailgateway certs init --hostname localhost --out $(DEV_STATE)/certs
+
+dev-certs: $(DEV_CERT)
+
+check: $(STAMP) $(DEV_CERT)
+	$(BIN)/mailgateway check $(DEV_CONFIG)
+
+run: check
+	exec $(BIN)/twistd -n --pidfile= mailgateway --config $(DEV_CONFIG)
+
+test: $(STAMP)
+	@tools/ensure-debian-packages $(TEST_PACKAGES)
+	@mkdir -p _trial_temp.log
+	@set +e; $(BIN)/python -m twisted.trial --temp-directory=_trial_temp -j2 tests 2>&1 \
+	    | tee _trial_temp.log/output.txt; \
+	    status=$${PIPESTATUS[0]}; \
+	    $(BIN)/python tools/trial_summary.py $$status _trial_temp.log/output.txt
+
+clean:
+	rm -rf $(VENV) _trial_temp* *.egg-info build dist
