@@ -66,7 +66,8 @@ class CramMD5Tests(SynchronousTestCase):
         self.assertIsInstance(self.respond(user + b" " + digest.upper()), Proven)
 
     def test_canonical_account(self) -> None:
-        self.assertEqual(self.respond(b"TIM " + RFC_RESPONSE[4:]).authcid, "tim")  # type: ignore[union-attr]
+        step = self.respond(b"TIM " + RFC_RESPONSE[4:])
+        self.assertEqual(step, Proven(authcid="tim", mechanism="CRAM-MD5"))
 
     def test_user_name_with_space(self) -> None:
         """The digest follows the last space; the user name may hold one."""
@@ -153,6 +154,9 @@ class CramMD5Tests(SynchronousTestCase):
     @given(st.binary(max_size=200))
     def test_random_bytes(self, data: bytes) -> None:
         self.assertIsInstance(self.respond(data), Failed)
+        # As an initial response too: refused unless empty.
+        step = self.successResultOf(mechanism().start(data))
+        self.assertIsInstance(step, Challenge if data == b"" else Failed)
 
     @settings(max_examples=200, deadline=None)
     @given(st.sampled_from([b"tim", b"nobody"]), st.from_regex(re.compile(rb"\A[0-9a-f]{32}\Z")))

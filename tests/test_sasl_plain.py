@@ -108,8 +108,9 @@ class PlainTests(MechanismTestMixin, SynchronousTestCase):
 
     def test_canonical_account(self) -> None:
         """Proven names the directory's account, not the client's spelling."""
-        self.assertEqual(self.plain(b"\0ALICE\0" + PASSWORD).authcid, "alice")  # type: ignore[union-attr]
-        self.assertEqual(self.plain(b"\0al\0" + PASSWORD).authcid, "alice")  # type: ignore[union-attr]
+        expected = Proven(authcid="alice", mechanism="PLAIN")
+        self.assertEqual(self.plain(b"\0ALICE\0" + PASSWORD), expected)
+        self.assertEqual(self.plain(b"\0al\0" + PASSWORD), expected)
 
     def test_wrong_password(self) -> None:
         step = self.plain(b"\0alice\0wrong")

@@ -35,7 +35,7 @@ programming error (L{MechanismDone}).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import Any, ClassVar, Union
 
 from twisted.internet.defer import Deferred
 
@@ -145,6 +145,7 @@ class Mechanism:
         self.context = context
         self._started = False
         self._done = False
+        self._pending = False
 
     def start(self, initial: bytes | None) -> Deferred[Step]:
         if self._started:
@@ -153,17 +154,22 @@ class Mechanism:
         return self._track(self._start(initial))
 
     def step(self, response: bytes) -> Deferred[Step]:
-        if not self._started or self._done:
+        if not self._started or self._done or self._pending:
             raise MechanismDone(self.name)
         return self._track(self._step(response))
 
     def _track(self, d: Deferred[Step]) -> Deferred[Step]:
-        def record(step: Step) -> Step:
+        # One step at a time; an error (a directory failure) ends the
+        # exchange like a final step.
+        self._pending = True
+
+        def record(step: Any) -> Any:
+            self._pending = False
             if not isinstance(step, Challenge):
                 self._done = True
             return step
 
-        return d.addCallback(record)
+        return d.addBoth(record)
 
     def failed(self, reason: str, **kw: object) -> Failed:
         """Shorthand for a L{Failed} naming this mechanism."""
