@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 DEV_STATE := dev-state
 DEV_CONFIG := etc/dev.toml
 DEV_CERT := $(DEV_STATE)/certs/server.pem
+DEV_USERS := $(DEV_STATE)/users.json
+DEMO_ACCOUNT := demo@example.test
+DEMO_PASSWORD := demo-password
 
 # Debian packages of the programs the end-to-end tests drive for real.
 TEST_PACKAGES := openssl
@@ -34,7 +37,13 @@ $(DEV_CERT): | $(STAMP)
 
 dev-certs: $(DEV_CERT)
 
-check: $(STAMP) $(DEV_CERT)
+# The demo account of README's quick start, with the legacy mechanisms
+# enabled so that every SASL mechanism can be tried against it.
+$(DEV_USERS): | $(STAMP)
+	printf '%s\n' '$(DEMO_PASSWORD)' | $(BIN)/mailgateway user add $(DEMO_ACCOUNT) \
+	    --users $@ --password-stdin --legacy CRAM-MD5,DIGEST-MD5,APOP
+
+check: $(STAMP) $(DEV_CERT) $(DEV_USERS)
 	$(BIN)/mailgateway check $(DEV_CONFIG)
 
 run: check

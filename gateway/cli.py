@@ -42,14 +42,20 @@ def summarize(config: GatewayConfig, tls_info: dict[str, str]) -> str:
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from gateway.tls import TLSSetupError, build
 
+    from gateway.auth.directory import UsersFile, UsersFileError
+
     try:
         config = load(args.config)
         servers = build(config.tls)
+        users = UsersFile(str(config.auth.users)).load() if config.auth.users else None
     except ConfigError as e:
         print(f"mailgateway: {args.config}: {e.render()}", file=err)
         return 1
     except TLSSetupError as e:
         print(f"mailgateway: {args.config}: TLS: {e}", file=err)
+        return 1
+    except UsersFileError as e:
+        print(f"mailgateway: {args.config}: {e.render()}", file=err)
         return 1
     info = {
         name: f"certificate valid until {s.not_after:%Y-%m-%d}"
@@ -57,6 +63,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for name, s in servers.items()
     }
     print(summarize(config, info), file=out)
+    if users is not None:
+        print(f"  users file holds {len(users.accounts)} account(s)", file=out)
     return 0
 
 
@@ -129,14 +137,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Command groups that live in their own modules."""
-    found = []
-    try:
-        from gateway.auth import usercli
-    except ImportError:  # pragma: no cover - only while the module is missing
-        pass
-    else:
-        found.append(usercli.add_subparsers)
-    return found
+    from gateway.auth import usercli
+
+    return [usercli.add_subparsers]
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None,

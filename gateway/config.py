@@ -45,6 +45,7 @@ KNOWN_MECHANISMS = (
     "OTP",
     "EXTERNAL",
     "GSSAPI",
+    "APOP",  # POP3 only (RFC 1939); not SASL
 )
 DEFAULT_MECHANISMS = (
     "SCRAM-SHA-256-PLUS",

@@ -20,8 +20,9 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from OpenSSL import SSL
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
@@ -31,7 +32,12 @@ from twisted.protocols import basic, policies
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.auth.checkers import PlainPasswordCredentials
+from gateway.auth.sasl import registry
+from gateway.auth.sasl.base import SASLContext
+from gateway.auth.sasl.exchange import Exchange, LoggedIn, Outcome, Refused
 from gateway.config import Limits, Listener
+from gateway.interfaces import IAuthBackend
 from gateway.tls import ServerTLS, connection_info
 
 
@@ -53,6 +59,7 @@ class ListenerContext:
     portal: Portal
     clock: IReactorTime
     tls: ServerTLS | None = None
+    backend: IAuthBackend | None = None
     mechanisms: tuple[str, ...] = ()
     plaintext_without_tls: bool = False
     trusted_networks: tuple[Any, ...] = ()
@@ -87,6 +94,12 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         self.bad_commands = 0
         self.peer = "?"
         self.admitted = False
+        self.exchange: Exchange | None = None
+        self.peer_certificate: Any = None
+        self.channel_binding: dict[str, bytes] = {}
+        self.auth_failures = 0
+        self.account: str | None = None
+        self.logout: Any = None
 
     # Connection life cycle
 
@@ -116,6 +129,9 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
+        if self.logout is not None:
+            logout, self.logout = self.logout, None
+            logout()
         if self.admitted:
             self.admitted = False
             self.factory.release(self.peer)
@@ -131,6 +147,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
     def handshakeCompleted(self) -> None:
         self.encrypted = True
         self.tls_pending = False
+        self._read_tls_state()
         info = connection_info(self.transport) or {"version": "?", "cipher": "?"}
         self.log.info(
             "{listener}: {peer} TLS {version} {cipher}",
@@ -141,6 +158,24 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         )
         self.tls_started()
 
+    def _read_tls_state(self) -> None:
+        """Once per handshake: the verified client certificate and the
+        channel binding data for SCRAM-*-PLUS."""
+        handle = self.transport.getHandle() if hasattr(self.transport, "getHandle") else None
+        if not isinstance(handle, SSL.Connection) or self.context.tls is None:
+            return
+        try:
+            self.peer_certificate = self.context.tls.verified_peer_certificate(handle)
+            if handle.get_protocol_version_name() == "TLSv1.3":
+                # RFC 9266 tls-exporter; for TLS 1.2 it would need the
+                # extended master secret, so it is not offered there.
+                self.channel_binding = {
+                    "tls-exporter": handle.export_keying_material(
+                        b"EXPORTER-Channel-Binding", 32)
+                }
+        except Exception:
+            self.log.failure("reading the TLS state of {peer}", peer=self.peer)
+
     # Lines
 
     def lineReceived(self, line: bytes) -> Any:
@@ -149,7 +184,25 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             # reply and the handshake.
             return None
         self.resetTimeout()
+        if self.exchange is not None:
+            # A SASL response: nothing else runs until the mechanism answers.
+            self._pause()
+            self.exchange.respond(line)
+            return None
         return self.line_received(line)
+
+    def serialize(self, d: Deferred[Any]) -> Deferred[Any]:
+        """
+        Read no further command until C{d} (and the callbacks already on it,
+        which write the reply) has fired: replies stay in order however the
+        client pipelines (the fault of twisted/twisted#8126).
+        """
+        self._pause()
+        return d.addErrback(self._internal_error).addBoth(self._resume)
+
+    def _pause(self) -> None:
+        if self.transport is not None and not self.transport.disconnecting:
+            self.pauseProducing()
 
     def lineLengthExceeded(self, line: bytes) -> Any:
         self.reply_line_too_long()
@@ -220,6 +273,126 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         """
         self.reply_shutdown()
         self.transport.loseConnection()
+
+    # Authentication
+
+    def sasl_context(self) -> SASLContext | None:
+        """What the mechanisms may know of this connection, or C{None} if no
+        directory is configured."""
+        if self.context.backend is None:
+            return None
+        return SASLContext(
+            service=self.service_name,
+            hostname=self.context.hostname,
+            backend=self.context.backend,
+            encrypted=self.encrypted,
+            peer_certificate=self.peer_certificate,
+            channel_binding=dict(self.channel_binding),
+        )
+
+    def offered_mechanisms(self) -> list[str]:
+        """The SASL mechanisms to advertise now."""
+        if self.account is not None:
+            return []
+        sasl = self.sasl_context()
+        if sasl is None:
+            return []
+        return registry.offered(
+            self.context.mechanisms,
+            encrypted=self.encrypted,
+            plaintext_without_tls=self.context.plaintext_without_tls,
+            context=sasl,
+        )
+
+    def start_sasl(self, name: str, initial: bytes | None,
+                   send_challenge: Callable[[bytes], None],
+                   finish: Callable[[Outcome], None], interface: Any) -> bool:
+        """
+        Begin a SASL exchange.  Commands are not read while the mechanism or
+        the portal works; only the client's responses to challenges are.
+
+        @param send_challenge: writes a base64 challenge in the protocol's
+            framing.
+        @param finish: writes the protocol's final reply for the outcome.
+        @return: C{False} when the mechanism is unknown or not offered now
+            (nothing was sent).
+        """
+        sasl = self.sasl_context()
+        if sasl is None:
+            return False
+        mechanism = registry.create(
+            name, sasl, names=self.context.mechanisms,
+            plaintext_without_tls=self.context.plaintext_without_tls,
+        )
+        if mechanism is None:
+            return False
+
+        def challenge(data: bytes) -> None:
+            send_challenge(data)
+            self._resume(None)
+
+        self.exchange = Exchange(
+            mechanism, self.context.portal, self.peer, self.context.is_trusted(self.peer),
+            interface, challenge,
+        )
+        self._pause()
+        d = self.exchange.begin(initial)
+        d.addCallback(self._authenticated).addCallback(finish)
+        d.addErrback(self._internal_error)
+        d.addBoth(self._resume)
+        return True
+
+    def _resume(self, result: Any) -> Any:
+        if self.transport is not None and not self.transport.disconnecting:
+            self.resumeProducing()
+        return result
+
+    def _internal_error(self, failure: Failure) -> None:
+        self.log.failure("{listener}: internal error", failure,
+                         listener=self.context.listener.name)
+        self.transport.loseConnection()
+
+    def login_password(self, user: bytes, password: bytes, interface: Any) -> Deferred[Outcome]:
+        """USER/PASS and IMAP LOGIN, through the same portal and throttle."""
+        credentials = PlainPasswordCredentials(
+            user, password, self.peer, self.context.is_trusted(self.peer)
+        )
+        d = self.context.portal.login(credentials, None, interface)
+
+        def ok(result: tuple[Any, Any, Callable[[], None]]) -> Outcome:
+            _, avatar, logout = result
+            return LoggedIn(getattr(avatar, "account", str(avatar)), avatar, logout, "PASSWORD")
+
+        def refused(failure: Failure) -> Outcome:
+            from twisted.cred.error import UnauthorizedLogin
+
+            from gateway.auth.checkers import TemporarilyRefused
+
+            if failure.check(TemporarilyRefused):
+                return Refused(temporary=True)
+            if failure.check(UnauthorizedLogin):
+                return Refused()
+            self.log.failure("password login failed internally", failure)
+            return Refused(temporary=True)
+
+        return d.addCallbacks(ok, refused).addCallback(self._authenticated)
+
+    def _authenticated(self, outcome: Outcome) -> Outcome:
+        self.exchange = None
+        if isinstance(outcome, LoggedIn):
+            self.account = outcome.account
+            self.logout = outcome.logout
+            self.auth_failures = 0
+            self.log.info("{listener}: {peer} logged in as {account} ({mech})",
+                          listener=self.context.listener.name, peer=self.peer,
+                          account=outcome.account, mech=outcome.mechanism)
+        elif not outcome.cancelled:
+            self.auth_failures += 1
+        return outcome
+
+    @property
+    def too_many_auth_failures(self) -> bool:
+        return self.auth_failures >= self.context.limits.max_auth_failures
 
     # For subclasses
 

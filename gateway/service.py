@@ -27,14 +27,22 @@ from typing import Any
 
 from twisted.application import service
 from twisted.cred.portal import Portal
+from functools import partial
+
 from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from gateway.auth.directory import FileDirectory, UsersFile, UsersFileError
+from gateway.auth.portal import build_portal
 from gateway.auth.realm import GatewayRealm
+from gateway.auth.throttle import BANS_FILENAME, Throttle, ThrottleSettings
 from gateway.config import GatewayConfig, Listener
+
+__all__ = ["build", "GatewayService", "ListenerService", "UsersFileError"]
 from gateway.imap.protocol import IMAPFactory
 from gateway.pop3.protocol import POP3Factory
 from gateway.protocol import ConnectionLimitingFactory, ListenerContext
@@ -94,7 +102,12 @@ class ListenerService(service.Service):
 
 
 class GatewayService(service.MultiService):
-    """The whole gateway; reloads certificates and users on SIGHUP."""
+    """
+    The whole gateway; reloads certificates and users on SIGHUP.
+
+    @ivar periodic: callables started with the service, each returning a
+        running C{LoopingCall} (users-file watch, ban-file sync).
+    """
 
     def __init__(self, config: GatewayConfig, tls: dict[str, ServerTLS],
                  reloadables: list[Any]) -> None:
@@ -102,10 +115,21 @@ class GatewayService(service.MultiService):
         self.config = config
         self.tls = tls
         self.reloadables = reloadables
+        self.periodic: list[Any] = []
+        self._loops: list[Any] = []
         self._previous_hup: Any = None
+
+    def privilegedStartService(self) -> None:
+        state = self.config.server.state_dir
+        try:
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"mailgateway: server.state_dir {state}: {e.strerror}") from None
+        super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
+        self._loops = [start() for start in self.periodic]
         if hasattr(signal, "SIGHUP"):
             from twisted.internet import reactor
 
@@ -115,6 +139,10 @@ class GatewayService(service.MultiService):
             self._previous_hup = signal.signal(signal.SIGHUP, on_hup)
 
     def stopService(self) -> Any:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous_hup = None
@@ -142,12 +170,30 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
     Build the service tree.  Nothing listens until it is started.
 
     @raise TLSSetupError: a TLS profile's files cannot be used.
+    @raise UsersFileError: the users file cannot be used.
     """
     tls = build_tls(config.tls)
     reloadables: list[Any] = []
-    if portal is None:
-        portal = Portal(GatewayRealm())
     root = GatewayService(config, tls, reloadables)
+    backend: FileDirectory | None = None
+    if portal is None:
+        run_in_thread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
+        throttle = Throttle(reactor, ThrottleSettings.from_config(
+            config.auth.throttle, config.server.trusted_networks))
+        if config.auth.users is not None:
+            backend = FileDirectory(
+                UsersFile(str(config.auth.users)),
+                default_domain=config.auth.default_domain,
+                certificate_rule=config.auth.certificate_mapping,
+                run_in_thread=run_in_thread,
+            )
+            reloadables.append(backend)
+            directory = backend
+            root.periodic.append(lambda: directory.watch(reactor))
+        bans = str(config.server.state_dir / BANS_FILENAME)
+        root.periodic.append(lambda: throttle.keep(bans, run_in_thread=run_in_thread))
+        portal = build_portal(GatewayRealm(), backend, throttle,
+                              backend.canonical_name if backend else None)
     for listener in config.listeners:
         profile = config.profile_for(listener)
         server_tls = tls[profile.name] if profile else None
@@ -158,6 +204,7 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
             portal=portal,
             clock=reactor,
             tls=server_tls,
+            backend=backend,
             mechanisms=listener.mechanisms or config.auth.mechanisms,
             plaintext_without_tls=(
                 listener.plaintext_without_tls

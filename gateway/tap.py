@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from gateway.config import load
 from gateway.errors import ConfigError
+from gateway.auth.directory import UsersFileError
 from gateway.tls import TLSSetupError
 
 
@@ -42,3 +43,5 @@ def makeService(options: Options) -> Any:
         raise SystemExit(f"mailgateway: {options['config']}: {e.render()}") from None
     except TLSSetupError as e:
         raise SystemExit(f"mailgateway: {options['config']}: TLS: {e}") from None
+    except UsersFileError as e:
+        raise SystemExit(f"mailgateway: {options['config']}: {e.render()}") from None

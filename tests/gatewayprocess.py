@@ -14,7 +14,27 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway.auth import usercli
 from tests.support import ROOT, free_port, make_certs
+
+#: The accounts every test gateway has: (account, password, legacy mechanisms).
+ACCOUNTS = (
+    ("alice@example.test", "alice-password-1", "CRAM-MD5,DIGEST-MD5,APOP"),
+    ("bob@example.test", "bob-password-2", ""),
+)
+
+
+def add_account(users: Path, account: str, password: str, legacy: str = "") -> None:
+    """Add an account with the real admin command."""
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["user", "add", account, "--users", str(users), "--password-stdin"]
+    if legacy:
+        argv += ["--legacy", legacy]
+    status = usercli.main(argv, out, err, stdin=io.StringIO(password + "\n"))
+    if status != 0:
+        raise RuntimeError(err.getvalue())
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -39,9 +59,13 @@ def environment() -> dict[str, str]:
 class GatewayProcess:
     """One running gateway with its temporary directory."""
 
-    def __init__(self, extra: str = "", ports: dict[str, int] | None = None) -> None:
+    def __init__(self, extra: str = "", ports: dict[str, int] | None = None,
+                 auth: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mailgateway-e2e-"))
         self.certs = make_certs(self.dir / "certs", "localhost")
+        self.users = self.dir / "users.json"
+        for account in ACCOUNTS:
+            add_account(self.users, *account)
         self.ports = ports or {name: free_port() for name in ROLES}
         listeners = "".join(
             f"""
@@ -67,6 +91,11 @@ shutdown_timeout = 5
 certificate = "{self.certs.certificate}"
 private_key = "{self.certs.key}"
 client_ca = "{self.certs.ca_certificate}"
+
+[auth]
+users = "{self.users}"
+default_domain = "example.test"
+{auth}
 {extra}
 {listeners}
 """

@@ -62,6 +62,9 @@ class ValidConfigTests(ConfigTestMixin, SynchronousTestCase):
         etc = self.dir / "etc"
         etc.mkdir()
         make_certs(self.dir / "dev-state" / "certs")
+        users = self.dir / "dev-state" / "users.json"
+        users.write_text('{"version": 1, "accounts": {}}')
+        users.chmod(0o600)
         data = tomllib.loads((ROOT / "etc" / "dev.toml").read_text())
         config = parse(data, etc / "dev.toml")
         ports = sorted(l.endpoint.split(":")[1] for l in config.listeners)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.cred.portal import Portal
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.auth.portal import build_portal
 from gateway.auth.realm import GatewayRealm
+from gateway.auth.throttle import Throttle, ThrottleSettings
+from gateway.testing import MemoryAuthBackend
 from gateway.config import Limits, Listener
 from gateway.imap.protocol import IMAPFactory
 from gateway.pop3.protocol import POP3Factory
@@ -23,17 +25,34 @@ from tests.support import TLSStringTransport
 TLS = object()  # stands for a ServerTLS; the transport only records it
 
 
+def auth_stack(clock: Clock) -> tuple[MemoryAuthBackend, Any]:
+    """A working directory with alice and bob, and the portal over it."""
+    backend = MemoryAuthBackend()
+    backend.add_account("alice@example.edu", "correct horse", legacy=("CRAM-MD5", "APOP"))
+    backend.add_account("bob@example.edu", "battery staple")
+    portal = build_portal(GatewayRealm(), backend, Throttle(clock, ThrottleSettings()))
+    return backend, portal
+
+
+MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "PLAIN", "LOGIN", "APOP")
+
+
 def connect(factory_class: Any, role: str, tls: str = "starttls", peer: str = "192.0.2.7",
             limits: Limits | None = None, clock: Clock | None = None,
-            factory: Any = None) -> tuple[Any, TLSStringTransport]:
+            factory: Any = None, plaintext_without_tls: bool = False) -> tuple[Any, TLSStringTransport]:
     if factory is None:
+        clock = clock or Clock()
+        backend, portal = auth_stack(clock)
         context = ListenerContext(
             listener=Listener("test", role, "tcp:0", tls, "main" if tls != "none" else None),
             hostname="mail.example.edu",
             limits=limits or Limits(),
-            portal=Portal(GatewayRealm()),
-            clock=clock or Clock(),
+            portal=portal,
+            clock=clock,
             tls=TLS if tls != "none" else None,  # type: ignore[arg-type]
+            backend=backend,
+            mechanisms=MECHANISMS,
+            plaintext_without_tls=plaintext_without_tls,
             trusted_networks=(),
         )
         factory = factory_class(context)

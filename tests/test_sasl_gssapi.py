@@ -4,8 +4,8 @@ Tests for L{gateway.auth.sasl.gssapi}: GSSAPI (RFC 4752).
 The C{gssapi} package is optional.  Without it, the module must import and
 the mechanism must not be available.  The exchange itself is tested here
 against L{fake_gssapi}, a scripted stand-in for the package's high-level API;
-the tests that need the real package skip without it (a test against a real
-KDC belongs elsewhere).
+the tests that need the real package skip without it (the tests against a
+real KDC are in L{tests.test_gssapi_kdc}).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from gateway.auth.sasl import gssapi as module
 from gateway.auth.sasl.base import Challenge, Failed, MechanismDone, Proven, SASLContext, Step
 from gateway.auth.sasl.gssapi import GSSAPI, realm_rule, split_principal
 from gateway.testing import MemoryAuthBackend
+from tests.krb5realm import isolate
 
 try:
     import gssapi
@@ -308,6 +309,11 @@ class RealPackageTests(SynchronousTestCase):
 
     if gssapi is None:
         skip = "gssapi not installed"
+
+    def setUp(self) -> None:
+        # The library must not read the machine's /etc/krb5.conf: Debian's
+        # default one canonicalises host names through DNS (seconds each).
+        isolate(self)
 
     def test_available(self) -> None:
         self.assertTrue(GSSAPI.available(context()))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.auth.realm import IAuthenticatedUser
+from gateway.auth.sasl.exchange import LoggedIn, Outcome
 from gateway.protocol import ConnectionLimitingFactory, LineProtocol
 
 
@@ -63,6 +65,9 @@ class SMTPServer(LineProtocol):
         exts = [f"SIZE {self.context.limits.max_message_size}", "ENHANCEDSTATUSCODES"]
         if self.can_start_tls:
             exts.append("STARTTLS")
+        mechanisms = self.offered_mechanisms()
+        if mechanisms:
+            exts.append("AUTH " + " ".join(mechanisms))
         return exts
 
     def line_received(self, line: bytes) -> Any:
@@ -105,6 +110,46 @@ class SMTPServer(LineProtocol):
         else:
             self.reply(220, "2.0.0", "Ready to start TLS")
             self.start_tls()
+
+    def do_AUTH(self, arg: bytes) -> None:
+        # RFC 4954 section 4.
+        if not self.esmtp:
+            self.reply(503, "5.5.1", "EHLO first")
+            return
+        if self.account is not None:
+            self.reply(503, "5.5.1", "already authenticated")
+            return
+        if not arg:
+            self.reply(501, "5.5.4", "AUTH needs a mechanism name")
+            return
+        name, _, initial = arg.partition(b" ")
+        mechanism = name.decode("ascii", "replace").upper()
+        started = self.start_sasl(
+            mechanism, initial.strip() or None,
+            lambda data: self.sendLine(b"334 " + data),
+            self._auth_finished, IAuthenticatedUser,
+        )
+        if not started:
+            if mechanism in ("PLAIN", "LOGIN") and not self.plaintext_allowed:
+                self.reply(538, "5.7.11", "encryption required for requested authentication mechanism")
+            else:
+                self.reply(504, "5.5.4", "unrecognized authentication type")
+
+    def _auth_finished(self, outcome: Outcome) -> None:
+        if isinstance(outcome, LoggedIn):
+            self.reply(235, "2.7.0", "authentication successful")
+            return
+        if outcome.temporary:
+            self.reply(454, "4.7.0", "temporary authentication failure")
+        elif outcome.cancelled:
+            self.reply(501, "5.7.0", "authentication cancelled")
+        elif outcome.malformed:
+            self.reply(501, "5.5.2", "cannot decode response")
+        else:
+            self.reply(535, "5.7.8", "authentication credentials invalid")
+        if self.too_many_auth_failures:
+            self.reply(421, "4.7.0", f"{self.context.hostname} too many authentication failures")
+            self.transport.loseConnection()
 
     def do_NOOP(self, arg: bytes) -> None:
         self.reply(250, "2.0.0", "OK")

@@ -172,12 +172,21 @@ class GSSAPI(Mechanism):
             return succeed(self.failed("empty context token", malformed=True))
         try:
             out = self._ctx.step(token)
+            # The gssapi package does not raise from step() when the failure
+            # came with an error token for the peer (a KRB-ERROR: a ticket
+            # for another service, a replay, a failed integrity check): it
+            # returns that token and raises the error at the next use of the
+            # context.  Reading complete is that use, so it stays in the try.
+            complete = self._ctx.complete
+            anonymous = (
+                complete and self._gss.RequirementFlag.anonymity in self._ctx.actual_flags
+            )
         except self._gss.exceptions.GSSError as e:
             return self._gss_failed("context", e)
-        if not self._ctx.complete:
+        if not complete:
             self._next = self._accept
             return succeed(Challenge(out or b""))
-        if self._gss.RequirementFlag.anonymity in self._ctx.actual_flags:
+        if anonymous:
             return succeed(self.failed("anonymous GSSAPI context"))
         if out:
             # RFC 4752 section 3.1: send the last token, expect an empty reply.
@@ -216,8 +225,14 @@ class GSSAPI(Mechanism):
                 authzid = saslprep(message[4:].decode("utf-8"))
             except (UnicodeDecodeError, SASLprepError):
                 return succeed(self.failed("bad authzid", malformed=True))
-        principal = str(self._ctx.initiator_name)
-        server = split_principal(str(self._ctx.target_name or ""))
+        try:
+            principal = str(self._ctx.initiator_name)
+            # Not "target_name or ...": a gssapi Name's len() is its number
+            # of RFC 6680 name attributes, so a Kerberos name is falsy.
+            target = self._ctx.target_name
+        except self._gss.exceptions.GSSError as e:
+            return self._gss_failed("context names", e)
+        server = split_principal(str(target)) if target is not None else None
         server_realm = server[1] if server else None
 
         def mapped(account: str | None) -> Deferred[Step] | Step:
