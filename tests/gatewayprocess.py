@@ -60,7 +60,7 @@ class GatewayProcess:
     """One running gateway with its temporary directory."""
 
     def __init__(self, extra: str = "", ports: dict[str, int] | None = None,
-                 auth: str = "") -> None:
+                 auth: str = "", trusted: str = '["127.0.0.0/8", "::1/128"]') -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mailgateway-e2e-"))
         self.certs = make_certs(self.dir / "certs", "localhost")
         self.users = self.dir / "users.json"
@@ -85,6 +85,7 @@ tls_profile = "main"
 hostname = "localhost"
 state_dir = "{self.dir / 'state'}"
 local_domains = ["example.test"]
+trusted_networks = {trusted}
 shutdown_timeout = 5
 
 [tls.main]
