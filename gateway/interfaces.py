@@ -81,6 +81,28 @@ class IAuthBackend(Interface):
         """
 
 
+class IOTPReinitialisation(Interface):
+    """
+    What a directory provides, besides L{IAuthBackend}, to let clients
+    re-initialise their OTP sequence (RFC 2243 section 3).
+
+    Separate from L{IAuthBackend} because a read-only directory (LDAP) may
+    not be able to store a new seed.
+    """
+
+    def otp_reinitialise(  # type: ignore[no-untyped-def]
+        account: str, sequence: int, key: bytes, state: object
+    ):
+        """
+        Atomically replace the stored OTP state of C{account} by C{state} if
+        and only if the stored sequence is C{sequence + 1}: the same
+        compare-and-set as L{IAuthBackend.otp_advance}, where C{(sequence,
+        key)} is the OTP the client just proved it holds.
+
+        @return: L{Deferred} firing with C{True} if the state was replaced.
+        """
+
+
 class IMechanismFactory(Interface):
     """
     A SASL mechanism as offered by a listener: a name, its properties, and a

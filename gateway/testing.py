@@ -29,7 +29,7 @@ from gateway.auth.verifiers import (
     derive_scram_keys,
     password_matches,
 )
-from gateway.interfaces import IAuthBackend
+from gateway.interfaces import IAuthBackend, IOTPReinitialisation
 
 #: The mechanisms that need a password-equivalent secret.
 LEGACY_MECHANISMS = frozenset({"CRAM-MD5", "DIGEST-MD5", "APOP"})
@@ -51,7 +51,7 @@ class _Account:
     otp: OTPState | None = field(default=None)
 
 
-@implementer(IAuthBackend)
+@implementer(IAuthBackend, IOTPReinitialisation)
 class MemoryAuthBackend:
     """
     An L{IAuthBackend} that keeps its accounts in memory.
@@ -182,6 +182,14 @@ class MemoryAuthBackend:
         if record is None or record.otp is None or record.otp.sequence != sequence + 1:
             return succeed(False)
         record.otp = replace(record.otp, sequence=sequence, key=key)
+        return succeed(True)
+
+    def otp_reinitialise(self, account: str, sequence: int, key: bytes,
+                         state: OTPState) -> Deferred[bool]:
+        record = self._find(account)
+        if record is None or record.otp is None or record.otp.sequence != sequence + 1:
+            return succeed(False)
+        record.otp = replace(state, account=record.account)
         return succeed(True)
 
     def account_for_certificate(self, certificate: object) -> Deferred[str | None]:

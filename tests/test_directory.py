@@ -323,6 +323,19 @@ class DirectoryTests(FileCase):
         state = self.successResultOf(directory.otp_state("Alice@example.edu"))
         self.assertEqual(state.sequence, 99)
 
+    def test_otp_reinitialise(self) -> None:
+        """RFC 2243: a new seed and sequence, only with the current OTP's CAS."""
+        state = OTPState("alice@example.edu", "md5", "ke1234", 100, b"\x01" * 8)
+        directory, users = self.directory(alice(otp=state))
+        new = OTPState("alice@example.edu", "sha1", "ne0001", 500, b"\x03" * 8)
+        self.assertFalse(self.successResultOf(
+            directory.otp_reinitialise("alice@example.edu", 98, b"\x02" * 8, new)))
+        self.assertTrue(self.successResultOf(
+            directory.otp_reinitialise("alice@example.edu", 99, b"\x02" * 8, new)))
+        on_disk = users.load().accounts["alice@example.edu"].otp
+        self.assertEqual((on_disk.algorithm, on_disk.seed, on_disk.sequence, on_disk.key),
+                         ("sha1", "ne0001", 500, b"\x03" * 8))
+
     def test_addresses(self) -> None:
         directory, _ = self.directory(alice())
         self.assertEqual(self.successResultOf(directory.addresses_of("alice@example.edu")),

@@ -16,7 +16,8 @@ from zope.interface import implementer
 
 from gateway.auth import otp as rfc2289
 from gateway.auth.sasl.base import Challenge, Failed, MechanismDone, Proven, SASLContext, Step
-from gateway.auth.sasl.otp import OTP, IOTPReinitialisation
+from gateway.auth.sasl.otp import OTP
+from gateway.interfaces import IAuthBackend, IOTPReinitialisation
 from gateway.auth.verifiers import OTPState
 from gateway.testing import MemoryAuthBackend
 
@@ -299,10 +300,24 @@ class ReinitialisationTests(OTPTests):
         self.assertEqual((state.seed, state.sequence, state.key.hex()), (SEED, 499, RESPONSE_HEX))
 
 
+@implementer(IAuthBackend)
+class ReadOnlyDirectory:
+    """A directory that cannot store a new OTP seed (no IOTPReinitialisation)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        if name == "otp_reinitialise":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
 class NoReinitialisationTests(SynchronousTestCase):
     def test_refused_and_used_up(self) -> None:
         backend = make_backend()
-        mech = OTP(context(backend))
+        self.assertFalse(IOTPReinitialisation.providedBy(ReadOnlyDirectory(backend)))
+        mech = OTP(context(ReadOnlyDirectory(backend)))
         self.successResultOf(mech.start(b"\0alice"))
         failed = self.successResultOf(mech.step(INIT_HEX))
         assert isinstance(failed, Failed)

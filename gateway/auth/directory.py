@@ -63,7 +63,7 @@ from gateway.auth.throttle import atomic_write, locked
 from gateway.auth.verifiers import (
     ALGORITHMS, DEFAULT_ITERATIONS, OTPState, ScramKeys, derive_scram_keys, password_matches,
     secret_matches)
-from gateway.interfaces import IAuthBackend
+from gateway.interfaces import IAuthBackend, IOTPReinitialisation
 
 LEGACY_MECHANISMS = ("APOP", "CRAM-MD5", "DIGEST-MD5")
 OTP_ALGORITHMS = ("md5", "sha1")
@@ -420,7 +420,7 @@ def legacy_matches(secret: str, password: bytes) -> bool:
                           hashlib.sha256(password).digest())
 
 
-@implementer(IAuthBackend)
+@implementer(IAuthBackend, IOTPReinitialisation)
 class FileDirectory:
     """
     L{IAuthBackend} over a L{UsersFile}.  Loads it at construction (raising
@@ -567,6 +567,28 @@ class FileDirectory:
                     or now.otp.sequence != sequence + 1 or len(key) != 8:
                 return False
             accounts[name] = replace(now, otp=replace(now.otp, sequence=sequence, key=key))
+            return True
+
+        def failed(f: Any) -> bool:
+            self._log.failure("cannot store the OTP state of {account}", f, account=name)
+            return False
+
+        return self._write(mutate).addErrback(failed)
+
+    def otp_reinitialise(self, account: str, sequence: int, key: bytes,
+                         state: OTPState) -> Deferred[bool]:
+        """
+        RFC 2243 re-initialisation: the same compare-and-set as
+        L{otp_advance}, storing the client's new seed and sequence.
+        """
+        name = self.canonical_name(account)
+
+        def mutate(accounts: dict[str, Account]) -> bool:
+            now = accounts.get(name)
+            if now is None or not now.enabled or now.otp is None \
+                    or now.otp.sequence != sequence + 1 or len(state.key) != 8:
+                return False
+            accounts[name] = replace(now, otp=replace(state, account=name))
             return True
 
         def failed(f: Any) -> bool:

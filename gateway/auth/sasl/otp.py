@@ -23,7 +23,7 @@ process), and the exchange fails after the response, so that the challenge
 does not tell which names exist.
 
 Re-initialisation (C{init-hex}/C{init-word}) needs more than L{IAuthBackend}
-offers: a directory that can do it provides L{IOTPReinitialisation} too.
+offers: a directory that can do it provides L{gateway.interfaces.IOTPReinitialisation} too.
 Against one that cannot, a valid current OTP is still used up (it went over
 the wire), and the exchange fails.
 """
@@ -35,12 +35,12 @@ import secrets
 from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
-from zope.interface import Interface
 
 from gateway.auth import otp as rfc2289
 from gateway.auth.sasl.base import Challenge, Mechanism, MechanismDone, SASLContext, Step
 from gateway.auth.sasl.registry import authorize
 from gateway.auth.verifiers import OTPState, SASLprepError, saslprep
+from gateway.interfaces import IOTPReinitialisation
 
 #: Our cap on each of authzid and authcid.
 MAX_IDENTITY = 1024
@@ -53,28 +53,6 @@ _WRONG = "wrong one-time password or unknown account"
 # The key of the fake challenges: fixed for this process, so that asking
 # twice for an unknown name gives the same challenge, as for a real one.
 _FAKE_KEY = secrets.token_bytes(32)
-
-
-class IOTPReinitialisation(Interface):
-    """
-    What a directory provides, besides L{IAuthBackend}, to let clients
-    re-initialise their OTP sequence (RFC 2243 section 3).
-
-    A proposed addition to L{IAuthBackend}; it lives here until the owner of
-    C{gateway/interfaces.py} takes it in.
-    """
-
-    def otp_reinitialise(  # type: ignore[no-untyped-def]
-        account: str, sequence: int, key: bytes, state: OTPState
-    ):
-        """
-        Atomically replace the stored OTP state of C{account} by C{state} if
-        and only if the stored sequence is C{sequence + 1}: the same
-        compare-and-set as L{IAuthBackend.otp_advance}, where C{(sequence,
-        key)} is the OTP the client just proved it holds.
-
-        @return: L{Deferred} firing with C{True} if the state was replaced.
-        """
 
 
 def fake_challenge(authcid: str, algorithm: str = "md5") -> str:
