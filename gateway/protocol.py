@@ -304,9 +304,20 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             context=sasl,
         )
 
-    def start_sasl(self, name: str, initial: bytes | None,
+    def handler_for(self, verb: bytes) -> Callable[..., Any] | None:
+        """The C{do_VERB} method for a command verb, or C{None}."""
+        try:
+            name = verb.decode("ascii").upper()
+        except UnicodeDecodeError:
+            return None
+        if not name.isalpha():
+            return None
+        handler: Callable[..., Any] | None = getattr(self, f"do_{name}", None)
+        return handler
+
+    def start_sasl(self, name: bytes, initial: bytes | None,
                    send_challenge: Callable[[bytes], None],
-                   finish: Callable[[Outcome], None], interface: Any) -> bool:
+                   finish: Callable[[Outcome], None], interface: Any) -> str | None:
         """
         Begin a SASL exchange.  Commands are not read while the mechanism or
         the portal works; only the client's responses to challenges are.
@@ -314,18 +325,24 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         @param send_challenge: writes a base64 challenge in the protocol's
             framing.
         @param finish: writes the protocol's final reply for the outcome.
-        @return: C{False} when the mechanism is unknown or not offered now
-            (nothing was sent).
+        @return: C{None} once started; else why not, with nothing sent:
+            C{"encryption-required"} for a plain-text mechanism before TLS,
+            C{"unsupported"} for one unknown or not offered now.
         """
+        text = name.decode("ascii", "replace").upper()
         sasl = self.sasl_context()
-        if sasl is None:
-            return False
-        mechanism = registry.create(
-            name, sasl, names=self.context.mechanisms,
-            plaintext_without_tls=self.context.plaintext_without_tls,
-        )
+        mechanism = None
+        if sasl is not None:
+            mechanism = registry.create(
+                text, sasl, names=self.context.mechanisms,
+                plaintext_without_tls=self.context.plaintext_without_tls,
+            )
         if mechanism is None:
-            return False
+            known = registry.MECHANISMS.get(text)
+            if (known is not None and known.plaintext and not self.plaintext_allowed
+                    and text in self.context.mechanisms):
+                return "encryption-required"
+            return "unsupported"
 
         def challenge(data: bytes) -> None:
             send_challenge(data)
@@ -340,7 +357,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         d.addCallback(self._authenticated).addCallback(finish)
         d.addErrback(self._internal_error)
         d.addBoth(self._resume)
-        return True
+        return None
 
     def _resume(self, result: Any) -> Any:
         if self.transport is not None and not self.transport.disconnecting:

@@ -118,7 +118,7 @@ def _free_port() -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
+            port = int(tcp.getsockname()[1])
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                 try:
                     udp.bind(("127.0.0.1", port))
@@ -190,6 +190,7 @@ class KerberosRealm:
     def _run(self, program: str, *args: str, stdin: str | None = None) -> str:
         result = subprocess.run(
             [self.programs[program], *args],
+            check=False,
             input=stdin,
             capture_output=True,
             text=True,
@@ -223,7 +224,7 @@ class KerberosRealm:
                     udp_preference_limit = 1
                     default_ccache_name = {self.ccache}
                     default_keytab_name = FILE:{self.keytab}
-                    default_client_keytab_name = FILE:{d / 'no-client.keytab'}
+                    default_client_keytab_name = FILE:{d / "no-client.keytab"}
                     kdc_timesync = 0
                     ticket_lifetime = 1h
 
@@ -236,7 +237,7 @@ class KerberosRealm:
                     {HOST} = {self.realm}
 
                 [logging]
-                    default = FILE:{d / 'krb5lib.log'}
+                    default = FILE:{d / "krb5lib.log"}
                 """
             )
         )
@@ -253,9 +254,9 @@ class KerberosRealm:
                     {self.realm} = {{
                         kdc_listen = 127.0.0.1:{self.port}
                         kdc_tcp_listen = 127.0.0.1:{self.port}
-                        database_name = {d / 'principal'}
-                        key_stash_file = {d / 'stash'}
-                        acl_file = {d / 'kadm5.acl'}
+                        database_name = {d / "principal"}
+                        key_stash_file = {d / "stash"}
+                        acl_file = {d / "kadm5.acl"}
                         max_life = 1h
                         max_renewable_life = 0
                         master_key_type = aes256-cts-hmac-sha1-96
@@ -263,9 +264,9 @@ class KerberosRealm:
                     }}
 
                 [logging]
-                    kdc = FILE:{d / 'kdc.log'}
-                    admin_server = FILE:{d / 'kadmin.log'}
-                    default = FILE:{d / 'krb5lib.log'}
+                    kdc = FILE:{d / "kdc.log"}
+                    admin_server = FILE:{d / "kadmin.log"}
+                    default = FILE:{d / "krb5lib.log"}
                 """
             )
         )
@@ -282,8 +283,7 @@ class KerberosRealm:
 
     def start_kdc(self) -> None:
         """Start C{krb5kdc -n} and wait until it accepts TCP connections."""
-        log = open(self.directory / "krb5kdc.out", "wb")
-        try:
+        with open(self.directory / "krb5kdc.out", "wb") as log:
             self.kdc = subprocess.Popen(
                 [self.programs["krb5kdc"], "-n", "-r", self.realm],
                 stdin=subprocess.DEVNULL,
@@ -292,14 +292,10 @@ class KerberosRealm:
                 env=self._child_environ(),
                 cwd=self.directory,
             )
-        finally:
-            log.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.kdc.poll() is not None:
-                raise RuntimeError(
-                    f"krb5kdc exited ({self.kdc.returncode}): {self._kdc_output()}"
-                )
+                raise RuntimeError(f"krb5kdc exited ({self.kdc.returncode}): {self._kdc_output()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return

@@ -35,7 +35,7 @@ from tests.krb5realm import KerberosRealm, start_realm
 try:
     import gssapi
 except ImportError:  # start_realm() skips the tests then
-    gssapi = None
+    gssapi = None  # type: ignore[assignment]
 
 DOMAIN = "example.test"
 ALICE = f"alice@{DOMAIN}"
@@ -216,7 +216,9 @@ class RefusalTests(KDCTestCase):
         A ticket for smtp/localhost is refused by the IMAP mechanism, although
         the keytab holds that key too: the acceptor is bound to its service.
         """
-        step = self.successResultOf(self.mechanism("imap").start(self.client(service="smtp").first()))
+        step = self.successResultOf(
+            self.mechanism("imap").start(self.client(service="smtp").first())
+        )
         self.assertFailed(step, "GSSAPI context")
         # The same kind of ticket is good for SMTP.
         steps = self.run_exchange(self.mechanism("smtp"), self.client(service="smtp"))
@@ -227,8 +229,9 @@ class RefusalTests(KDCTestCase):
             SASLContext(service="imap", hostname="localhost", backend=self.backend),
             keytab=str(self.realm.directory / "missing.keytab"),
         )
-        self.assertFailed(self.successResultOf(mechanism.start(self.client().first())),
-                          "server credentials")
+        self.assertFailed(
+            self.successResultOf(mechanism.start(self.client().first())), "server credentials"
+        )
 
     def test_tampered_context_token(self) -> None:
         """A flipped bit anywhere in the AP-REQ: no context."""
@@ -304,12 +307,14 @@ class ExchangeTests(KDCTestCase):
     """The same exchange through L{Exchange} and the portal, as a protocol runs it."""
 
     def exchange(self, client: RFC4752Client, service: str = "imap") -> Any:
-        portal = build_portal(
-            GatewayRealm(), self.backend, Throttle(Clock(), ThrottleSettings())
-        )
+        portal = build_portal(GatewayRealm(), self.backend, Throttle(Clock(), ThrottleSettings()))
         challenges: list[bytes] = []
         exchange = Exchange(
-            self.mechanism(service), portal, "127.0.0.1", False, IAuthenticatedUser,
+            self.mechanism(service),
+            portal,
+            "127.0.0.1",
+            False,
+            IAuthenticatedUser,
             challenges.append,
         )
         done = exchange.begin(base64.b64encode(client.first()))

@@ -54,6 +54,11 @@ def fake_gssapi(
     token by the script's next C{(expected token, output token, complete)};
     a wrapped message is C{b"W" + message}.  C{credentials} records the
     keyword arguments of each credentials acquisition.
+
+    Like the real package, a failure that comes with an error token for the
+    peer (here, for the token C{b"replayed"}) is not raised by C{step()},
+    which returns the error token, but by the next use of the context (here,
+    C{complete}).
     """
     credentials: list[dict[str, Any]] = []
 
@@ -73,14 +78,26 @@ def fake_gssapi(
     class SecurityContext:
         def __init__(self, creds: object, usage: str) -> None:
             assert usage == "accept"
-            self.complete = False
+            self._complete = False
+            self._last_error: Exception | None = None
             self.actual_flags = {"anonymity"} if anonymous else set()
             self.initiator_name = Name(principal)
             self.target_name = Name("imap/mail.example.org@EXAMPLE.ORG")
             self._script = list(script)
 
+        @property
+        def complete(self) -> bool:
+            error, self._last_error = self._last_error, None
+            if error is not None:
+                raise error
+            return self._complete
+
         def step(self, token: bytes) -> bytes | None:
-            expected, out, self.complete = self._script.pop(0)
+            expected, out, self._complete = self._script.pop(0)
+            if token == b"replayed":
+                self._complete = False
+                self._last_error = FakeGSSError("Request is a replay")
+                return b"KRB-ERROR"
             if token != expected:
                 raise FakeGSSError("defective token")
             return out
@@ -265,6 +282,17 @@ class ExchangeTests(SynchronousTestCase):
     def test_anonymous_refused(self) -> None:
         mech = self.mechanism(ONE_ROUND, anonymous=True)
         self.assertIn("anonymous", self.assertFailed(self.run_exchange(mech, b"AP-REQ")[0]).reason)
+
+    def test_error_raised_after_step(self) -> None:
+        """
+        A failure the package raises only at the next use of the context (a
+        replay, a ticket for another service) is a failure, not a challenge
+        carrying the error token, and not an exception.
+        """
+        for script in (ONE_ROUND, TWO_ROUNDS):
+            with self.subTest(script=script):
+                step = self.run_exchange(self.mechanism(script), b"replayed")[0]
+                self.assertIn("Request is a replay", self.assertFailed(step).reason)
 
     def test_bad_tokens(self) -> None:
         self.assertFailed(self.run_exchange(self.mechanism(ONE_ROUND), b"forged")[0])

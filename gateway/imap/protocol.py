@@ -143,11 +143,7 @@ class IMAPServer(LineProtocol):
     def dispatch(self, tag: bytes, pieces: list[bytes | bytearray]) -> Any:
         first = pieces[0] if pieces and isinstance(pieces[0], bytes) else b""
         verb, _, rest = first.partition(b" ")
-        try:
-            name = verb.decode("ascii").upper()
-        except UnicodeDecodeError:
-            name = ""
-        handler = getattr(self, f"do_{name}", None) if name.isalpha() else None
+        handler = self.handler_for(verb)
         if handler is None:
             if not self.count_bad_command():
                 self.tagged(tag, "BAD", "unknown command")
@@ -207,18 +203,16 @@ class IMAPServer(LineProtocol):
         if len(args) not in (1, 2):
             self.tagged(tag, "BAD", "AUTHENTICATE needs a mechanism name")
             return
-        mechanism = args[0].decode("ascii", "replace").upper()
-        started = self.start_sasl(
-            mechanism, args[1] if len(args) == 2 else None,
+        refused = self.start_sasl(
+            args[0], args[1] if len(args) == 2 else None,
             lambda data: self.sendLine(b"+ " + data),
             lambda outcome: self._login_finished(outcome, tag),
             IAuthenticatedUser,
         )
-        if not started:
-            if mechanism in ("PLAIN", "LOGIN") and not self.plaintext_allowed:
-                self.tagged(tag, "NO", "[PRIVACYREQUIRED] plain-text mechanism refused before TLS")
-            else:
-                self.tagged(tag, "NO", "unsupported authentication mechanism")
+        if refused == "encryption-required":
+            self.tagged(tag, "NO", "[PRIVACYREQUIRED] plain-text mechanism refused before TLS")
+        elif refused:
+            self.tagged(tag, "NO", "unsupported authentication mechanism")
 
     def _login_finished(self, outcome: Outcome, tag: bytes) -> None:
         if isinstance(outcome, LoggedIn):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Callable
+from typing import Any
 
 from gateway.auth.checkers import APOPCredentials, TemporarilyRefused
 from gateway.auth.realm import IAuthenticatedUser
@@ -82,11 +82,7 @@ class POP3Server(LineProtocol):
 
     def line_received(self, line: bytes) -> Any:
         verb, _, rest = line.partition(b" ")
-        try:
-            name = verb.decode("ascii").upper()
-        except UnicodeDecodeError:
-            name = ""
-        handler: Callable[[bytes], Any] | None = getattr(self, f"do_{name}", None) if name.isalpha() else None
+        handler = self.handler_for(verb)
         if handler is None:
             if not self.count_bad_command():
                 self.send(ERR, "unknown command")
@@ -198,17 +194,15 @@ class POP3Server(LineProtocol):
             self.sendLine(b".")
             return
         name, _, initial = rest.strip().partition(b" ")
-        mechanism = name.decode("ascii", "replace").upper()
-        started = self.start_sasl(
-            mechanism, initial.strip() or None,
+        refused = self.start_sasl(
+            name, initial.strip() or None,
             lambda data: self.sendLine(b"+ " + data),
             self._login_finished, IAuthenticatedUser,
         )
-        if not started:
-            if mechanism in ("PLAIN", "LOGIN") and not self.plaintext_allowed:
-                self.send(ERR, "[AUTH] plain-text mechanism refused before TLS; use STLS")
-            else:
-                self.send(ERR, "unsupported authentication mechanism")
+        if refused == "encryption-required":
+            self.send(ERR, "[AUTH] plain-text mechanism refused before TLS; use STLS")
+        elif refused:
+            self.send(ERR, "unsupported authentication mechanism")
 
     def _login_finished(self, outcome: Outcome) -> None:
         if isinstance(outcome, LoggedIn):

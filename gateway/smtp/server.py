@@ -72,11 +72,7 @@ class SMTPServer(LineProtocol):
 
     def line_received(self, line: bytes) -> Any:
         verb, _, rest = line.partition(b" ")
-        try:
-            name = verb.decode("ascii").upper()
-        except UnicodeDecodeError:
-            name = ""
-        handler = getattr(self, f"do_{name}", None) if name.isalpha() else None
+        handler = self.handler_for(verb)
         if handler is None:
             if not self.count_bad_command():
                 self.reply(500, "5.5.2", "command not recognized")
@@ -123,17 +119,15 @@ class SMTPServer(LineProtocol):
             self.reply(501, "5.5.4", "AUTH needs a mechanism name")
             return
         name, _, initial = arg.partition(b" ")
-        mechanism = name.decode("ascii", "replace").upper()
-        started = self.start_sasl(
-            mechanism, initial.strip() or None,
+        refused = self.start_sasl(
+            name, initial.strip() or None,
             lambda data: self.sendLine(b"334 " + data),
             self._auth_finished, IAuthenticatedUser,
         )
-        if not started:
-            if mechanism in ("PLAIN", "LOGIN") and not self.plaintext_allowed:
-                self.reply(538, "5.7.11", "encryption required for requested authentication mechanism")
-            else:
-                self.reply(504, "5.5.4", "unrecognized authentication type")
+        if refused == "encryption-required":
+            self.reply(538, "5.7.11", "encryption required for requested authentication mechanism")
+        elif refused:
+            self.reply(504, "5.5.4", "unrecognized authentication type")
 
     def _auth_finished(self, outcome: Outcome) -> None:
         if isinstance(outcome, LoggedIn):

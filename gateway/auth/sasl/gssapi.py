@@ -178,15 +178,13 @@ class GSSAPI(Mechanism):
             # returns that token and raises the error at the next use of the
             # context.  Reading complete is that use, so it stays in the try.
             complete = self._ctx.complete
-            anonymous = (
-                complete and self._gss.RequirementFlag.anonymity in self._ctx.actual_flags
-            )
+            flags = self._ctx.actual_flags if complete else ()
         except self._gss.exceptions.GSSError as e:
             return self._gss_failed("context", e)
         if not complete:
             self._next = self._accept
             return succeed(Challenge(out or b""))
-        if anonymous:
+        if self._gss.RequirementFlag.anonymity in flags:
             return succeed(self.failed("anonymous GSSAPI context"))
         if out:
             # RFC 4752 section 3.1: send the last token, expect an empty reply.
@@ -227,8 +225,6 @@ class GSSAPI(Mechanism):
                 return succeed(self.failed("bad authzid", malformed=True))
         try:
             principal = str(self._ctx.initiator_name)
-            # Not "target_name or ...": a gssapi Name's len() is its number
-            # of RFC 6680 name attributes, so a Kerberos name is falsy.
             target = self._ctx.target_name
         except self._gss.exceptions.GSSError as e:
             return self._gss_failed("context names", e)
