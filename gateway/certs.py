@@ -14,9 +14,10 @@ import ipaddress
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 import idna
 from cryptography import x509
@@ -291,7 +292,7 @@ def _issue(
     C{(ca_cert, ca_key, purpose)} that expires no later than the CA.  RSA
     keys may also encipher keys (TLS 1.2 RSA key exchange); EC keys only sign.
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_after = now + datetime.timedelta(days=days)
     organization = x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION)
     subject = x509.Name([organization, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -350,7 +351,7 @@ def _load_ca(ca_dir: Path) -> tuple[x509.Certificate, PrivateKey]:
         raise CertificateError(f"{key_path} does not match {cert_path}")
     if not is_ca:
         raise CertificateError(f"{cert_path} is not a CA certificate")
-    if cert.not_valid_after_utc <= datetime.datetime.now(datetime.timezone.utc):
+    if cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
         raise CertificateError(f"{cert_path} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
     return cert, key
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import TextIO
 
 from gateway.config import GatewayConfig, load
 from gateway.errors import ConfigError
@@ -40,9 +41,8 @@ def summarize(config: GatewayConfig, tls_info: dict[str, str]) -> str:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from gateway.tls import TLSSetupError, build
-
     from gateway.auth.directory import UsersFile, UsersFileError
+    from gateway.tls import TLSSetupError, build
 
     try:
         config = load(args.config)

@@ -17,9 +17,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from gateway.errors import ConfigError
 
@@ -363,8 +364,8 @@ def _endpoint_info(description: str) -> tuple[str, tuple[object, ...] | None, st
         return kind, ("systemd", index, name), None
     if kind in endpoints._serverParsers or kind in ("stdio",):
         return kind, None, None
-    from twisted.plugin import getPlugins
     from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
 
     for plugin in getPlugins(IStreamServerEndpointStringParser):
         if plugin.prefix.lower() == kind:
@@ -523,7 +524,8 @@ def _read_listeners(r: _Reader, data: Any, profiles: dict[str, TLSProfile],
         if tls == "none" and profile is not None:
             r.problem(f"{path}.tls_profile", "tls = \"none\" takes no tls_profile")
         if role == "submissions" and tls is not None and tls != "implicit":
-            r.problem(f"{path}.tls", "role \"submissions\" is implicit TLS (RFC 8314): use tls = \"implicit\"")
+            r.problem(f"{path}.tls",
+                      "role \"submissions\" is implicit TLS (RFC 8314): use tls = \"implicit\"")
         if endpoint is not None:
             _, key, error = _endpoint_info(endpoint)
             if error:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from OpenSSL import SSL
 from twisted.cred.portal import Portal
@@ -83,6 +84,8 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
 
     delimiter = b"\r\n"
     service_name = "line"
+    transport: Any  # set by makeConnection; a TCP or TLS transport
+    factory: Any
     log = Logger()
 
     def __init__(self, context: ListenerContext) -> None:

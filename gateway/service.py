@@ -23,16 +23,15 @@ whatever remains after C{server.shutdown_timeout} seconds is aborted.
 from __future__ import annotations
 
 import signal
+from functools import partial
 from typing import Any
 
 from twisted.application import service
 from twisted.cred.portal import Portal
-from functools import partial
-
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from twisted.python import usage
 
+from gateway.auth.directory import UsersFileError
 from gateway.config import load
 from gateway.errors import ConfigError
-from gateway.auth.directory import UsersFileError
 from gateway.tls import TLSSetupError
 
 

@@ -23,9 +23,10 @@ chain against the client CA afterwards with C{cryptography}'s verifier.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509 import verification

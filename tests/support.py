@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import ssl
 import textwrap
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,6 @@ from twisted.internet.testing import StringTransport
 
 from gateway import certs
 from gateway.config import GatewayConfig, parse
-
-import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

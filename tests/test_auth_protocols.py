@@ -7,7 +7,6 @@ under pipelining, failure limits.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
 from twisted.internet.task import Clock

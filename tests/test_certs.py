@@ -240,7 +240,7 @@ class ExtensionTests(CertTestCase):
     def test_lifetimes(self) -> None:
         paths = self.sibling("short", days=30, ca_days=400)
         cert, ca = load(paths.certificate), load(paths.ca_certificate)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         # Backdated a little for peers whose clocks run slow.
         self.assertLess(cert.not_valid_before_utc, now - datetime.timedelta(minutes=4))
         minute, day = datetime.timedelta(minutes=1), datetime.timedelta(days=1)

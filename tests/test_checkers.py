@@ -14,8 +14,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gateway.auth.checkers import (
-    APOPChecker, APOPCredentials, AuthAttempt, PlainPasswordChecker, PlainPasswordCredentials,
-    SASLOutcomeChecker, TemporarilyRefused)
+    APOPChecker,
+    APOPCredentials,
+    AuthAttempt,
+    PlainPasswordChecker,
+    PlainPasswordCredentials,
+    SASLOutcomeChecker,
+    TemporarilyRefused,
+)
 from gateway.auth.sasl.base import Failed, Proven
 from gateway.auth.throttle import Throttle, ThrottleSettings
 from gateway.testing import MemoryAuthBackend

@@ -6,7 +6,8 @@ import ipaddress
 import tomllib
 from pathlib import Path
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import check_domain, load, parse
@@ -46,7 +47,7 @@ class ValidConfigTests(ConfigTestMixin, SynchronousTestCase):
     def test_minimal(self) -> None:
         config = parse_text(self.text(), self.dir)
         self.assertEqual(config.server.hostname, "localhost")
-        self.assertEqual([l.name for l in config.listeners], ["imaps"])
+        self.assertEqual([lst.name for lst in config.listeners], ["imaps"])
         self.assertEqual(config.listeners[0].protocol, "imap")
         self.assertEqual(config.profile_for(config.listeners[0]).min_version, "TLSv1.2")
 
@@ -67,9 +68,9 @@ class ValidConfigTests(ConfigTestMixin, SynchronousTestCase):
         users.chmod(0o600)
         data = tomllib.loads((ROOT / "etc" / "dev.toml").read_text())
         config = parse(data, etc / "dev.toml")
-        ports = sorted(l.endpoint.split(":")[1] for l in config.listeners)
+        ports = sorted(lst.endpoint.split(":")[1] for lst in config.listeners)
         self.assertEqual(ports, ["1110", "1143", "1993", "1995", "2465", "2525", "2587"])
-        modes = {l.name: l.tls for l in config.listeners}
+        modes = {lst.name: lst.tls for lst in config.listeners}
         self.assertEqual(modes, {
             "smtp": "starttls", "submission": "starttls", "smtps": "implicit",
             "pop3": "starttls", "pop3s": "implicit", "imap": "starttls", "imaps": "implicit",

@@ -10,11 +10,11 @@ import os
 from typing import Any
 
 from cryptography import x509
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import crypto
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
@@ -24,7 +24,14 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gateway.auth.directory import (
-    Account, FileDirectory, Legacy, UsersFile, UsersFileError, dump_users, parse_users)
+    Account,
+    FileDirectory,
+    Legacy,
+    UsersFile,
+    UsersFileError,
+    dump_users,
+    parse_users,
+)
 from gateway.auth.verifiers import OTPState, derive_scram_keys, password_matches
 from gateway.interfaces import IAuthBackend
 
@@ -179,7 +186,7 @@ class FormatTests(FileCase):
 
     def test_failed_write_keeps_old_file(self) -> None:
         for step in ("fsync", "replace"):
-            def broken(*args: Any) -> None:
+            def broken(*args: Any, step: str = step) -> None:
                 raise OSError(f"{step} failed")
 
             users = UsersFile(self.users(alice()).path, **{step: broken})
@@ -360,7 +367,7 @@ def certificate(cn: str, emails: list[str], email_attribute: str | None = None) 
     if email_attribute:
         attributes.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, email_attribute))
     name = x509.Name(attributes)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                .public_key(key.public_key()).serial_number(1).not_valid_before(now)
                .not_valid_after(now + datetime.timedelta(days=1)))

@@ -151,8 +151,8 @@ class LifecycleTests(SynchronousTestCase):
         while after == before and time.monotonic() < deadline:
             time.sleep(0.1)
             try:
-                with new_ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.ports["imaps"]), timeout=10),
-                                         server_hostname="localhost") as s:
+                raw = socket.create_connection(("127.0.0.1", gw.ports["imaps"]), timeout=10)
+                with new_ctx.wrap_socket(raw, server_hostname="localhost") as s:
                     after = serial_of(s)
             except ssl.SSLError:
                 continue

@@ -14,12 +14,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.auth.portal import build_portal
 from gateway.auth.realm import GatewayRealm
 from gateway.auth.throttle import Throttle, ThrottleSettings
-from gateway.testing import MemoryAuthBackend
 from gateway.config import Limits, Listener
 from gateway.imap.protocol import IMAPFactory
 from gateway.pop3.protocol import POP3Factory
 from gateway.protocol import ListenerContext
 from gateway.smtp.server import SMTPFactory
+from gateway.testing import MemoryAuthBackend
 from tests.support import TLSStringTransport
 
 TLS = object()  # stands for a ServerTLS; the transport only records it

@@ -25,7 +25,7 @@ def make_certificate(common_name: str) -> x509.Certificate:
     """A throw-away self-signed certificate (no CA) naming C{common_name}."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(name)

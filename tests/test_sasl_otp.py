@@ -17,8 +17,8 @@ from zope.interface import implementer
 from gateway.auth import otp as rfc2289
 from gateway.auth.sasl.base import Challenge, Failed, MechanismDone, Proven, SASLContext, Step
 from gateway.auth.sasl.otp import OTP
-from gateway.interfaces import IAuthBackend, IOTPReinitialisation
 from gateway.auth.verifiers import OTPState
+from gateway.interfaces import IAuthBackend, IOTPReinitialisation
 from gateway.testing import MemoryAuthBackend
 
 PASS = "This is a test."

@@ -23,10 +23,10 @@ from gateway.testing import MemoryAuthBackend
 SALTS = {"SHA-1": b"salt-one", "SHA-256": b"salt-two"}
 
 
-def certificate(common_name: str, emails: list[str] = []) -> x509.Certificate:
+def certificate(common_name: str, emails: tuple[str, ...] = ()) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -14,7 +14,14 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.auth.throttle import (
-    ALLOWED, Throttle, ThrottleSettings, merge_bans, read_bans, unban_in_file, write_bans)
+    ALLOWED,
+    Throttle,
+    ThrottleSettings,
+    merge_bans,
+    read_bans,
+    unban_in_file,
+    write_bans,
+)
 
 NAT = "192.0.2.10"
 

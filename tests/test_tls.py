@@ -106,7 +106,6 @@ class SNITests(TLSTestMixin, SynchronousTestCase):
     def setUp(self) -> None:
         super().setUp()
         # A second certificate from the same CA for another name.
-        other_dir = self.dir / "main"
         paths = certs.init_certificates(self.dir / "other", ["mail.other.example", "*.wild.example"])
         self.other = paths
         self.server = ServerTLS(self.profile(sni=(SNICertificate(paths.certificate, paths.key),)))

@@ -61,8 +61,14 @@ from zope.interface import implementer
 
 from gateway.auth.throttle import atomic_write, locked
 from gateway.auth.verifiers import (
-    ALGORITHMS, DEFAULT_ITERATIONS, OTPState, ScramKeys, derive_scram_keys, password_matches,
-    secret_matches)
+    ALGORITHMS,
+    DEFAULT_ITERATIONS,
+    OTPState,
+    ScramKeys,
+    derive_scram_keys,
+    password_matches,
+    secret_matches,
+)
 from gateway.interfaces import IAuthBackend, IOTPReinitialisation
 
 LEGACY_MECHANISMS = ("APOP", "CRAM-MD5", "DIGEST-MD5")

@@ -6,7 +6,7 @@ through (SASL outcomes, APOP, plain passwords), sharing one throttle.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.cred.portal import Portal
 

@@ -11,7 +11,8 @@ wiring or the protocols.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.cred.portal import IRealm
 from zope.interface import Attribute, Interface, implementer
@@ -53,7 +54,9 @@ class GatewayRealm:
         """
         self._factories[interface] = factory
 
-    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
+    def requestAvatar(
+        self, avatarId: Any, mind: Any, *interfaces: Any
+    ) -> tuple[Any, Any, Callable[[], None]]:
         account = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
         for interface in interfaces:
             factory = self._factories.get(interface)

@@ -29,11 +29,23 @@ from typing import Any, TextIO
 
 from gateway.auth import otp as _otp
 from gateway.auth.directory import (
-    LEGACY_MECHANISMS, Account, Legacy, UsersFile, UsersFileError, address_problem, canonical,
-    legacy_matches)
+    LEGACY_MECHANISMS,
+    Account,
+    Legacy,
+    UsersFile,
+    UsersFileError,
+    address_problem,
+    canonical,
+    legacy_matches,
+)
 from gateway.auth.throttle import BANS_FILENAME, unban_in_file
 from gateway.auth.verifiers import (
-    ALGORITHMS, DEFAULT_ITERATIONS, OTPState, derive_scram_keys, password_matches)
+    ALGORITHMS,
+    DEFAULT_ITERATIONS,
+    OTPState,
+    derive_scram_keys,
+    password_matches,
+)
 
 
 class CommandError(Exception):
@@ -248,7 +260,8 @@ def resolve_from_config(args: argparse.Namespace) -> tuple[str | None, str | Non
         try:
             config = load(args.config)
         except ConfigError as e:
-            raise CommandError(f"{args.config}: {'; '.join(p + ': ' + m for p, m in e.problems)}")
+            problems = "; ".join(p + ": " + m for p, m in e.problems)
+            raise CommandError(f"{args.config}: {problems}") from None
         users = users or (str(config.auth.users) if config.auth.users else None)
         state = state or str(config.server.state_dir)
         domain = config.auth.default_domain

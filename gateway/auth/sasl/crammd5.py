@@ -15,7 +15,7 @@ import hmac
 import re
 import secrets
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -39,7 +39,7 @@ def make_challenge(hostname: str) -> bytes:
     C{<random-digits.timestamp@hostname>}; the random part makes it unique.
     """
     digits = secrets.randbelow(10**18)
-    return f"<{digits}.{int(time.time())}@{hostname}>".encode("utf-8")
+    return f"<{digits}.{int(time.time())}@{hostname}>".encode()
 
 
 @register

@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 

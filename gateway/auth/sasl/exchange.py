@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal

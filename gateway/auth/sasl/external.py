@@ -12,7 +12,7 @@ account, else a name the account must be allowed to act as.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 

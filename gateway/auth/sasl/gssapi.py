@@ -20,9 +20,9 @@ L{realm_rule}: strip the realm, which must be the server's own.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from types import ModuleType
-from typing import Any, Callable, ClassVar, Union
+from typing import Any, ClassVar, Union
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 

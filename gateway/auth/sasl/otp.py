@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 

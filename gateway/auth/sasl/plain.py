@@ -11,7 +11,7 @@ password so that the throttle counts one stale password once.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 

@@ -25,8 +25,9 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -213,7 +214,7 @@ class _Scram(Mechanism):
             exchange = _Exchange(
                 username=username,
                 authzid=authzid,
-                gs2_header=f"{flag},{authzid_field},".encode("utf-8"),
+                gs2_header=f"{flag},{authzid_field},".encode(),
                 cbind_data=cbind_data,
                 client_first_bare=bare.encode("utf-8"),
                 server_first=server_first,
@@ -253,7 +254,7 @@ class _Scram(Mechanism):
         # would show the name unknown; case-folded as the directory matches.
         salt = hmac.digest(
             _FAKE_SALT_KEY,
-            f"{self.algorithm}\0{username.casefold()}".encode("utf-8"),
+            f"{self.algorithm}\0{username.casefold()}".encode(),
             "sha256",
         )[:16]
         size = hashlib.new(ALGORITHMS[self.algorithm]).digest_size
