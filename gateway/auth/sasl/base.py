@@ -112,6 +112,7 @@ class SASLContext:
     @ivar peer_certificate: the client's certificate, a
         C{cryptography.x509.Certificate}, when it presented one that verified
         against the listener's client CA; else C{None}.
+    @ivar options: see below.
     @ivar channel_binding: C{{"tls-exporter": bytes, ...}} when known, for
         SCRAM-*-PLUS; empty otherwise.
     """
@@ -122,6 +123,10 @@ class SASLContext:
     encrypted: bool = False
     peer_certificate: object | None = None
     channel_binding: dict[str, bytes] = field(default_factory=dict)
+    #: Operator settings of individual mechanisms, by dotted key:
+    #: C{"gssapi.keytab"} (path), C{"gssapi.domain"} (the domain a Kerberos
+    #: principal's user name is put in).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Mechanism:

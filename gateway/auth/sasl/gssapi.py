@@ -113,24 +113,25 @@ class GSSAPI(Mechanism):
         """
         super().__init__(context)
         self._gss = gssapi_module if gssapi_module is not None else _gssapi
-        self._keytab = keytab if keytab is not None else type(self).keytab
+        self._keytab = (keytab if keytab is not None
+                        else context.options.get("gssapi.keytab", type(self).keytab))
         configured = type(self).map_principal
-        self._map: PrincipalMapping = map_principal or configured or realm_rule()
+        self._map: PrincipalMapping = (map_principal or configured
+                                       or realm_rule(context.options.get("gssapi.domain")))
         self._ctx: Any = None
         self._next: Callable[[bytes], Deferred[Step]] | None = None
 
     @classmethod
     def available(cls, context: SASLContext) -> bool:
-        """Only when the C{gssapi} package is installed."""
-        return _gssapi is not None
-
-    @classmethod
-    def configured(
-        cls, *, keytab: str | None = None, map_principal: PrincipalMapping | None = None
-    ) -> type[GSSAPI]:
-        """A subclass with these defaults, for the composition root to offer."""
-        mapping = staticmethod(map_principal) if map_principal is not None else None
-        return type(cls.__name__, (cls,), {"keytab": keytab, "map_principal": mapping})
+        """
+        Only when the C{gssapi} package is installed and a keytab is
+        configured (C{auth.gssapi_keytab}): without one the library would fall
+        back to the host's default keytab, which is not ours to use.
+        """
+        if _gssapi is None:
+            return False
+        options = context.options if context is not None else {}
+        return bool(options.get("gssapi.keytab", cls.keytab))
 
     # -- the exchange ---------------------------------------------------------
 
