@@ -118,3 +118,150 @@ class IMechanismFactory(Interface):
         @param context: a L{gateway.auth.sasl.base.SASLContext}.
         @return: a fresh L{gateway.auth.sasl.base.Mechanism}.
         """
+
+
+class IMailStore(Interface):
+    """
+    The mail store: every account's folders, shared by POP3, IMAP and SMTP
+    delivery.  Value types and errors are in L{gateway.store.model}.
+
+    Every method that touches the disk returns a L{Deferred}; disk work never
+    runs on the reactor thread.  Account names are canonical account ids
+    (from the directory).  Folder names use C{"/"} as the hierarchy
+    delimiter; C{"INBOX"} is case-insensitive, other names are not.
+    """
+
+    def deliver(accounts, message, internal_date=None):  # type: ignore[no-untyped-def]
+        """
+        Store one message in the INBOX of each account.
+
+        The message is written once to C{tmp/}, fsynced, and linked (or
+        copied) into each account's C{new/}; each directory is fsynced before
+        the returned Deferred fires.  Nobody is told "stored" before the data
+        is on disk; concurrent deliveries may share one directory fsync.  A
+        failure leaves no partial message visible.
+
+        @param accounts: canonical account ids (an unknown account gets
+            L{NoSuchAccount} in the report; the store creates the Maildir of
+            a known account on first use).
+        @param message: the message as C{bytes}, or the path (C{str}) of a
+            spooled file to read; line ends are stored as CRLF.
+        @param internal_date: POSIX seconds, default now.
+        @return: L{Deferred} firing with a L{DeliveryReport}; quota refusals
+            and the like are in the report, not errbacks.
+        """
+
+    def open_folder(account, name, readonly=False):  # type: ignore[no-untyped-def]
+        """
+        Open a session on a folder (IMAP SELECT/EXAMINE, a POP3 maildrop).
+        Each call gets its own L{IFolderSession}; sessions on one folder in
+        this process share one index and see each other's changes.
+
+        @raise NoSuchFolder: (errback).
+        @return: L{Deferred} firing with an L{IFolderSession}.
+        """
+
+    def status(account, name):  # type: ignore[no-untyped-def]
+        """@return: L{Deferred} firing with a L{FolderStatus}, from the index."""
+
+    def folders(account):  # type: ignore[no-untyped-def]
+        """@return: L{Deferred} firing with a list of L{FolderInfo}."""
+
+    def create_folder(account, name):  # type: ignore[no-untyped-def]
+        """Create a folder (and missing parents).  Errback L{FolderExists},
+        L{InvalidFolderName}."""
+
+    def delete_folder(account, name):  # type: ignore[no-untyped-def]
+        """Delete a folder and its messages.  INBOX cannot be deleted."""
+
+    def rename_folder(account, old, new):  # type: ignore[no-untyped-def]
+        """
+        Rename a folder and its children.  Renaming INBOX moves its messages
+        to the new folder and leaves INBOX empty (RFC 3501 section 6.3.5).
+        """
+
+    def subscribe(account, name, subscribed):  # type: ignore[no-untyped-def]
+        """Set or clear a folder's subscription (IMAP SUBSCRIBE/UNSUBSCRIBE)."""
+
+    def lock_pop3(account):  # type: ignore[no-untyped-def]
+        """
+        Take the account's exclusive POP3 lock (RFC 1939 section 8).
+
+        @return: L{Deferred} firing with a callable that releases it, or
+            failing with L{MailboxInUse}.
+        """
+
+    def usage(account):  # type: ignore[no-untyped-def]
+        """@return: L{Deferred} firing with the account's L{Usage}."""
+
+
+class IFolderSession(Interface):
+    """
+    One client's view of one folder.  The view (the list of messages, hence
+    IMAP sequence numbers) changes only when the session calls L{sync}, so
+    the protocol decides when expunges and new messages are announced.
+    """
+
+    name = Attribute("The folder's full name.")
+    uidvalidity = Attribute("The folder's UIDVALIDITY.")
+    readonly = Attribute("True for EXAMINE sessions.")
+    recent = Attribute("The frozenset of UIDs that are \\Recent in this session.")
+
+    def messages():  # type: ignore[no-untyped-def]
+        """The session's view: a sequence of L{MessageInfo} in UID order
+        (index 0 is message sequence number 1)."""
+
+    def uidnext():  # type: ignore[no-untyped-def]
+        """The next UID the folder will assign."""
+
+    def sync():  # type: ignore[no-untyped-def]
+        """
+        Bring the view up to date with the folder (including changes made
+        by other processes directly in the Maildir).
+
+        @return: L{Deferred} firing with the L{Changes} since the view was
+            last synced; C{expunged} lists UIDs that were in the old view.
+        """
+
+    def open_message(uid):  # type: ignore[no-untyped-def]
+        """@return: L{Deferred} firing with a binary file object positioned
+        at 0 (the caller closes it); errback L{NoSuchMessage}."""
+
+    def append(message, flags=(), internal_date=None):  # type: ignore[no-untyped-def]
+        """Add a message (IMAP APPEND); durable before firing.
+        @return: L{Deferred} firing with its UID."""
+
+    def set_flags(uids, flags, mode):  # type: ignore[no-untyped-def]
+        """
+        @param mode: C{"replace"}, C{"add"} or C{"remove"}.
+        @return: L{Deferred} firing with the updated L{MessageInfo}s.  Two
+            sessions changing flags at once lose no update.
+        """
+
+    def expunge(uids=None):  # type: ignore[no-untyped-def]
+        """Remove the messages flagged \\Deleted (only those in C{uids} when
+        given: UID EXPUNGE).  @return: L{Deferred} firing with their UIDs."""
+
+    def delete(uids):  # type: ignore[no-untyped-def]
+        """Remove these messages whatever their flags (POP3 at QUIT), all at
+        once.  @return: L{Deferred} firing with the UIDs removed."""
+
+    def copy(uids, destination):  # type: ignore[no-untyped-def]
+        """@return: L{Deferred} firing with C{{source uid: new uid}}
+        (UIDPLUS COPYUID); the destination's UIDVALIDITY is in its status."""
+
+    def move(uids, destination):  # type: ignore[no-untyped-def]
+        """Copy, then remove from this folder atomically from a client's
+        point of view.  @return: like L{copy}."""
+
+    def on_change(callback):  # type: ignore[no-untyped-def]
+        """
+        Call C{callback()} (no arguments, on the reactor thread) when the
+        folder changed and L{sync} would report something: new delivery,
+        another session's flags or expunge, or a change found on disk.
+        IMAP IDLE uses it; it must fire within about a second of a delivery
+        by this process.
+        """
+
+    def close():  # type: ignore[no-untyped-def]
+        """End the session (IMAP CLOSE/UNSELECT/LOGOUT, POP3 end)."""
