@@ -100,6 +100,59 @@ def cmd_certs_client(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def cmd_policy_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """The relay policy's dry run: every decision, and the rule that made it."""
+    from gateway.auth.directory import FileDirectory, UsersFile, UsersFileError
+    from gateway.smtp.addressbook import DirectoryAddressBook
+    from gateway.smtp.policy import PolicySettings, Session, explain
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"mailgateway: {args.config}: {e.render()}", file=err)
+        return 1
+    listener = next((lst for lst in config.listeners if lst.name == args.listener), None)
+    if listener is None or listener.protocol != "smtp":
+        names = ", ".join(lst.name for lst in config.listeners if lst.protocol == "smtp")
+        print(f"mailgateway: no SMTP listener named {args.listener!r} (have: {names})", file=err)
+        return 1
+    if config.auth.users is None:
+        print("mailgateway: the configuration names no users file", file=err)
+        return 1
+    try:
+        directory = FileDirectory(UsersFile(str(config.auth.users)),
+                                  default_domain=config.auth.default_domain)
+    except UsersFileError as e:
+        print(f"mailgateway: {e.render()}", file=err)
+        return 1
+    account = None
+    if args.auth:
+        found = directory.account(args.auth)
+        if found is None:
+            print(f"mailgateway: no account {args.auth!r}", file=err)
+            return 1
+        account = found.name
+    settings = PolicySettings(
+        local_domains=config.server.local_domains,
+        trusted_networks=config.server.trusted_networks,
+        max_recipients=config.policy.max_recipients,
+        max_messages_per_connection=config.policy.max_messages_per_connection,
+        authenticated_any_sender=config.policy.authenticated_any_sender,
+        relay_from_trusted_networks=config.policy.relay_from_trusted_networks,
+    )
+    session = Session(listener.role, args.client, listener.tls == "implicit", account)
+    print(f"listener {listener.name} ({listener.role}), client {args.client}, "
+          f"{'authenticated as ' + account if account else 'not authenticated'}", file=out)
+    refused = False
+    for what, decision in explain(settings, DirectoryAddressBook(directory), session,
+                                  args.sender, args.to):
+        verdict = "accept" if decision.accept else "REFUSE"
+        print(f"  {what:<40} {verdict:<6} {decision.reply():<55} rule: {decision.rule}",
+              file=out)
+        refused = refused or not decision.accept
+    return 2 if refused else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mailgateway", description="Administer the mail gateway."
@@ -129,6 +182,21 @@ def parser() -> argparse.ArgumentParser:
     client.add_argument("--out", help="output directory (default CA_DIR/clients)")
     client.add_argument("--key-type", choices=("ec", "rsa"), default="ec")
     client.set_defaults(func=cmd_certs_client)
+
+    policy = sub.add_parser("policy", help="the relay policy")
+    psub = policy.add_subparsers(dest="policy_command", metavar="ACTION")
+    psub.required = True
+    ex = psub.add_parser(
+        "explain", help="dry run: the decision for an envelope, and the rule that made it",
+        description="Exit status: 0 if everything is accepted, 2 if something is refused, "
+                    "1 on error.")
+    ex.add_argument("--config", required=True, help="the TOML configuration file")
+    ex.add_argument("--listener", required=True, help="an SMTP listener's name")
+    ex.add_argument("--client", required=True, help="the client's IP address")
+    ex.add_argument("--auth", metavar="ACCOUNT", help="the client authenticated as ACCOUNT")
+    ex.add_argument("--from", dest="sender", required=True, help="MAIL FROM ('' for <>)")
+    ex.add_argument("--to", action="append", required=True, help="RCPT TO (repeatable)")
+    ex.set_defaults(func=cmd_policy_explain)
 
     for extend in _extensions():
         extend(sub)

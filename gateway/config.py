@@ -112,6 +112,16 @@ class ThrottleConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """The relay policy's settings (see L{gateway.smtp.policy})."""
+
+    max_recipients: int = 100
+    max_messages_per_connection: int = 100
+    authenticated_any_sender: bool = False
+    relay_from_trusted_networks: bool = True
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     users: Path | None = None
     mechanisms: tuple[str, ...] = DEFAULT_MECHANISMS
@@ -163,6 +173,7 @@ class GatewayConfig:
     server: ServerConfig
     limits: Limits
     auth: AuthConfig
+    policy: PolicyConfig
     tls: dict[str, TLSProfile]
     listeners: tuple[Listener, ...]
 
@@ -462,6 +473,20 @@ def _read_auth(r: _Reader, data: Any) -> AuthConfig:
                       plain, default_domain, mapping, keytab, ThrottleConfig(**throttle))
 
 
+def _read_policy(r: _Reader, data: Any) -> PolicyConfig:
+    names = tuple(PolicyConfig.__dataclass_fields__)
+    t = r.table(data, "policy", names)
+    defaults = PolicyConfig()
+    values = {}
+    for name in names:
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            values[name] = r.value(t, "policy", name, bool, default=default)
+        else:
+            values[name] = r.value(t, "policy", name, int, default=default, check=_positive)
+    return PolicyConfig(**values)
+
+
 def _read_tls(r: _Reader, data: Any) -> dict[str, TLSProfile]:
     if not isinstance(data, dict):
         r.problem("tls", f"must be a table of named profiles, not {_kind(data)}")
@@ -554,19 +579,20 @@ def parse(data: dict[str, Any], path: Path) -> GatewayConfig:
     @raise ConfigError: with every problem found.
     """
     r = _Reader(path.parent.resolve())
-    r.table(data, "", ("server", "limits", "auth", "tls", "listener"))
+    r.table(data, "", ("server", "limits", "auth", "policy", "tls", "listener"))
     if "server" not in data:
         r.problem("server", "is required")
     server = _read_server(r, data.get("server", {}))
     limits = _read_limits(r, data.get("limits", {}))
     auth = _read_auth(r, data.get("auth", {}))
+    policy = _read_policy(r, data.get("policy", {}))
     raw_tls = data.get("tls", {})
     profiles = _read_tls(r, raw_tls)
     raw_names = set(raw_tls) if isinstance(raw_tls, dict) else set()
     listeners = _read_listeners(r, data.get("listener", []), profiles, raw_names)
     if r.problems:
         raise ConfigError(r.problems)
-    return GatewayConfig(path.resolve(), server, limits, auth, profiles, listeners)
+    return GatewayConfig(path.resolve(), server, limits, auth, policy, profiles, listeners)
 
 
 def load(path: str | os.PathLike[str]) -> GatewayConfig:

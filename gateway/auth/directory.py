@@ -484,7 +484,11 @@ class FileDirectory:
 
     def account_for_address(self, address: str) -> Deferred[str | None]:
         """@return: L{Deferred} firing with the account receiving C{address}."""
-        return succeed(self._table.by_address.get(self.canonical_name(address)))
+        return succeed(self.receiver_of(address))
+
+    def receiver_of(self, address: str) -> str | None:
+        """The account receiving C{address} (its name or an alias), now."""
+        return self._table.by_address.get(self.canonical_name(address))
 
     # -- IAuthBackend ---------------------------------------------------
 
