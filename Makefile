@@ -18,7 +18,8 @@ TEST_STAMP := $(VENV)/.installed-test
 # Debian packages of the programs the end-to-end tests drive for real, and
 # the Kerberos headers the gssapi package compiles against.
 TEST_PACKAGES := openssl \
-    libkrb5-dev krb5-kdc krb5-admin-server krb5-user
+    libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
+    gsasl cyrus-clients libsasl2-modules libsasl2-modules-otp
 
 .PHONY: run test check lint venv dev-certs clean
 

@@ -129,7 +129,12 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             peer=self.peer,
         )
         self.setTimeout(self.idle_timeout())
-        self.greet()
+        if not self.encrypted:
+            self.greet()
+        # With implicit TLS the greeting waits for the handshake: it must
+        # advertise what TLS makes possible (EXTERNAL with a client
+        # certificate, SCRAM-*-PLUS), and clients may rely on it (RFC 3501
+        # section 7.1; RFC 5802 section 6 downgrade detection).
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
@@ -160,7 +165,10 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             version=info["version"],
             cipher=info["cipher"],
         )
-        self.tls_started()
+        if self.context.listener.tls == "implicit":
+            self.greet()
+        else:
+            self.tls_started()
 
     def _read_tls_state(self) -> None:
         """Once per handshake: the verified client certificate and the

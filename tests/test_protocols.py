@@ -104,8 +104,19 @@ class UpgradeMixin:
         self.assertIsNone(t.tls_started_with)
         self.assertTrue(reply.startswith((b"-ERR", b"503", b"a BAD")), reply)
 
+    def test_implicit_greets_after_handshake(self) -> None:
+        """
+        The greeting waits for the handshake, so it can advertise what TLS
+        allows (EXTERNAL, SCRAM-*-PLUS) and clients may trust it.
+        """
+        proto, t = connect(self.factory_class, self.role, tls="implicit")
+        self.assertEqual(t.value(), b"")
+        proto.handshakeCompleted()
+        self.assertEqual(len(lines(t)), 1)
+
     def test_no_upgrade_on_implicit(self) -> None:
         proto, t = connect(self.factory_class, self.role, tls="implicit")
+        proto.handshakeCompleted()
         lines(t)
         proto.dataReceived(self.upgrade + b"\r\n")
         self.assertIsNone(t.tls_started_with)
@@ -246,6 +257,7 @@ class IMAPTests(UpgradeMixin, SynchronousTestCase):
 
     def test_implicit_has_no_logindisabled(self) -> None:
         proto, t = connect(IMAPFactory, "imap", tls="implicit")
+        proto.handshakeCompleted()
         greeting = lines(t)[0]
         self.assertNotIn(b"LOGINDISABLED", greeting)
         self.assertNotIn(b"STARTTLS", greeting)
