@@ -100,6 +100,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         self.admitted = False
         self.exchange: Exchange | None = None
         self.peer_certificate: Any = None
+        self.tls_info: dict[str, str] = {}
         self.channel_binding: dict[str, bytes] = {}
         self.auth_failures = 0
         self.account: str | None = None
@@ -157,7 +158,8 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         self.encrypted = True
         self.tls_pending = False
         self._read_tls_state()
-        info = connection_info(self.transport) or {"version": "?", "cipher": "?"}
+        self.tls_info = connection_info(self.transport) or {}
+        info = self.tls_info or {"version": "?", "cipher": "?"}
         self.log.info(
             "{listener}: {peer} TLS {version} {cipher}",
             listener=self.context.listener.name,

@@ -1,7 +1,12 @@
 # -*- test-case-name: tests.test_smtp -*-
 """
-The ESMTP server protocol: greeting, EHLO/HELO, STARTTLS and the session
-commands that need no mail transaction.
+The ESMTP server protocol: EHLO, STARTTLS, AUTH and the mail transaction
+(MAIL, RCPT, DATA) under the relay policy, with durable delivery before 250.
+
+Commands are processed one at a time: while a decision or a delivery is
+pending, nothing more is read (L{LineProtocol.serialize}), so pipelined
+commands are answered in order (PIPELINING is advertised truthfully).  DATA
+is read by L{gateway.smtp.data.DataReader}, which never ends a message early.
 
 Ours, on L{gateway.protocol.LineProtocol}: Twisted's C{ESMTP} processes
 commands pipelined after STARTTLS (CVE-2011-0411), does not reset the session
@@ -12,11 +17,33 @@ into commands after an over-long DATA line
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
 
 from gateway.auth.realm import IAuthenticatedUser
 from gateway.auth.sasl.exchange import LoggedIn, Outcome
 from gateway.protocol import ConnectionLimitingFactory, LineProtocol
+from gateway.smtp.address import AddressError, parse_params, parse_path, split_command
+from gateway.smtp.data import DataReader
+from gateway.smtp.delivery import Delivery, Envelope, Reply
+from gateway.smtp.policy import AddressBook, PolicySettings, Session, check_recipient, check_sender
+
+_DATA_REFUSALS = {
+    "size": (552, "5.3.4", "message exceeds the size limit"),
+    "bare-newline": (550, "5.6.0", "bare CR or LF in message (RFC 5321 section 2.3.8)"),
+    "line-length": (500, "5.5.6", "message line too long"),
+}
+
+
+@dataclass(frozen=True)
+class SMTPServices:
+    """What the mail transaction needs, wired by the service."""
+
+    policy: PolicySettings
+    book: AddressBook
+    delivery: Delivery
 
 
 class SMTPServer(LineProtocol):
@@ -28,6 +55,10 @@ class SMTPServer(LineProtocol):
         super().__init__(context)
         self.helo: bytes | None = None
         self.esmtp = False
+        self.envelope: Envelope | None = None
+        self.messages = 0
+        self.reader: DataReader | None = None
+        self.services: SMTPServices | None = context.extras.get("smtp")
 
     def idle_timeout(self) -> float:
         return self.context.limits.idle_timeout_smtp
@@ -60,9 +91,11 @@ class SMTPServer(LineProtocol):
         # RFC 3207 section 4.2: forget everything learnt before TLS.
         self.helo = None
         self.esmtp = False
+        self.envelope = None
 
     def extensions(self) -> list[str]:
-        exts = [f"SIZE {self.context.limits.max_message_size}", "ENHANCEDSTATUSCODES"]
+        exts = [f"SIZE {self.context.limits.max_message_size}", "8BITMIME", "PIPELINING",
+                "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self.can_start_tls:
             exts.append("STARTTLS")
         mechanisms = self.offered_mechanisms()
@@ -85,6 +118,7 @@ class SMTPServer(LineProtocol):
             return
         self.helo = arg
         self.esmtp = True
+        self.envelope = None
         peer = self.peer
         self.reply(250, None, f"{self.context.hostname} greets {peer}", *self.extensions())
 
@@ -94,6 +128,7 @@ class SMTPServer(LineProtocol):
             return
         self.helo = arg
         self.esmtp = False
+        self.envelope = None
         self.reply(250, None, f"{self.context.hostname}")
 
     def do_STARTTLS(self, arg: bytes) -> None:
@@ -109,6 +144,9 @@ class SMTPServer(LineProtocol):
 
     def do_AUTH(self, arg: bytes) -> None:
         # RFC 4954 section 4.
+        if self.envelope is not None:
+            self.reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+            return
         if not self.esmtp:
             self.reply(503, "5.5.1", "EHLO first")
             return
@@ -149,7 +187,145 @@ class SMTPServer(LineProtocol):
         self.reply(250, "2.0.0", "OK")
 
     def do_RSET(self, arg: bytes) -> None:
+        self.envelope = None
         self.reply(250, "2.0.0", "OK")
+
+    def do_VRFY(self, arg: bytes) -> None:
+        # RFC 5321 section 3.5.3: no address harvesting.
+        self.reply(252, "2.5.0", "cannot VRFY user, but will accept message and attempt delivery")
+
+    def do_HELP(self, arg: bytes) -> None:
+        self.reply(214, "2.0.0", "see RFC 5321")
+
+    # The mail transaction (RFC 5321 section 3.3)
+
+    def session(self) -> Session:
+        return Session(self.context.listener.role, self.peer, self.encrypted, self.account,
+                       self.messages)
+
+    def _refuse(self, error: AddressError) -> None:
+        self.reply(error.code, error.enhanced, error.text)
+
+    def do_MAIL(self, arg: bytes) -> None:
+        if self.helo is None:
+            self.reply(503, "5.5.1", "EHLO or HELO first")
+            return
+        if self.envelope is not None:
+            self.reply(503, "5.5.1", "nested MAIL command")
+            return
+        if self.services is None:
+            self.reply(451, "4.3.0", "mail service not configured")
+            return
+        try:
+            path, raw_params = split_command(arg.decode("utf-8"), "FROM")
+            params = parse_params(raw_params) if self.esmtp else {}
+            if raw_params and not self.esmtp:
+                raise AddressError(555, "5.5.4", "parameters need EHLO")
+            utf8 = "SMTPUTF8" in params
+            sender = parse_path(path, utf8=utf8, null_ok=True)
+            self._check_mail_params(params)
+        except UnicodeDecodeError:
+            self.reply(553, "5.6.7", "non-ASCII address needs SMTPUTF8")
+            return
+        except AddressError as e:
+            self._refuse(e)
+            return
+        decision = check_sender(self.services.policy, self.services.book, self.session(), sender)
+        self.reply(decision.code, decision.enhanced, decision.text)
+        if decision.close:
+            self.transport.loseConnection()
+        if decision.accept:
+            self.envelope = Envelope(
+                sender=sender, helo=self.helo.decode("utf-8", "replace"), client=self.peer,
+                encrypted=self.encrypted,
+                tls=dict(self.tls_info) if self.encrypted else None,
+                account=self.account, esmtp=self.esmtp, utf8=utf8,
+            )
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> None:
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit():
+                    raise AddressError(501, "5.5.4", "SIZE needs a number")
+                if int(value) > self.context.limits.max_message_size:
+                    raise AddressError(552, "5.3.4", "message size exceeds the limit")
+            elif key == "BODY":
+                if (value or "").upper() not in ("7BIT", "8BITMIME"):
+                    raise AddressError(501, "5.5.4", "BODY must be 7BIT or 8BITMIME")
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    raise AddressError(501, "5.5.4", "SMTPUTF8 takes no value")
+            else:
+                raise AddressError(555, "5.5.4", f"unsupported parameter {key}")
+
+    def do_RCPT(self, arg: bytes) -> None:
+        if self.envelope is None or self.services is None:
+            self.reply(503, "5.5.1", "MAIL first")
+            return
+        try:
+            path, raw_params = split_command(arg.decode("utf-8"), "TO")
+            if raw_params:
+                raise AddressError(555, "5.5.4", "unsupported RCPT parameter")
+            recipient = parse_path(path, utf8=self.envelope.utf8, postmaster_ok=True)
+        except UnicodeDecodeError:
+            self.reply(553, "5.6.7", "non-ASCII address needs SMTPUTF8")
+            return
+        except AddressError as e:
+            self._refuse(e)
+            return
+        decision = check_recipient(self.services.policy, self.services.book, self.session(),
+                                   recipient, len(self.envelope.recipients))
+        if decision.accept:
+            self.envelope.recipients.append(recipient)
+        self.reply(decision.code, decision.enhanced, decision.text)
+
+    def do_DATA(self, arg: bytes) -> None:
+        if self.envelope is None:
+            self.reply(503, "5.5.1", "MAIL first")
+            return
+        if not self.envelope.recipients:
+            self.reply(554, "5.5.1", "no valid recipients")
+            return
+        self.reply(354, None, "end data with <CR><LF>.<CR><LF>")
+        limits = self.context.limits
+        self.reader = DataReader(limits.max_message_size, limits.max_line_length)
+        self.setRawMode()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        assert self.reader is not None and self.envelope is not None
+        result = self.reader.feed(data)
+        if result is None:
+            return
+        envelope, self.envelope, self.reader = self.envelope, None, None
+        # Commands pipelined after the message wait for its reply.
+        self._pause()
+        self.setLineMode(result.rest)
+        if result.problem is not None:
+            self.reply(*_DATA_REFUSALS[result.problem])
+            self._resume(None)
+            return
+        assert self.services is not None
+        d: Deferred[Reply] = maybeDeferred(self.services.delivery.deliver, envelope, result.data)
+
+        def answered(reply: Reply) -> None:
+            if reply.code == 250:
+                self.messages += 1
+            self.reply(reply.code, reply.enhanced, reply.text)
+
+        def failed(failure: Any) -> None:
+            self.log.failure("{listener}: delivery of {id} failed", failure,
+                             listener=self.context.listener.name, id=envelope.queue_id)
+            self.reply(451, "4.3.0", "local error in processing, try again later")
+
+        d.addCallbacks(answered, failed)
+        d.addBoth(self._resume)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # A message cut off by the connection is never stored: nothing to do.
+        self.reader = None
+        self.envelope = None
+        super().connectionLost(reason)
 
     def do_QUIT(self, arg: bytes) -> None:
         self.reply(221, "2.0.0", f"{self.context.hostname} closing connection")

@@ -1,0 +1,141 @@
+# -*- test-case-name: tests.test_smtp_delivery -*-
+"""
+What happens to an accepted message: trace headers, then the store for
+local accounts and the outbound spool for everyone else, both durable before
+the client hears 250.
+
+L{Delivery.deliver} answers with one reply for the whole message (SMTP has
+one reply after DATA):
+
+- every copy stored or spooled: 250;
+- nothing stored, and the store refused every local recipient: that refusal
+  (452 4.2.2 over quota, ...), so the client keeps the message;
+- some copies stored, some refused: 250, and the refused local recipients are
+  put in the spool with the rest, so the outbound queue retries or bounces
+  them (nothing is lost, and a retrying client does not duplicate the stored
+  copies).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from gateway.interfaces import IMailStore
+from gateway.store.model import DeliveryReport
+
+log = Logger()
+
+
+class Resolver(Protocol):
+    def receiver_of(self, address: str) -> str | None:
+        """The local account receiving C{address}, if any."""
+
+
+class ISpool(Protocol):
+    def enqueue(self, sender: str, recipients: list[str], data: bytes,
+                queue_id: str) -> Deferred[str]:
+        """Store a message for later delivery; durable before firing."""
+
+
+@dataclass
+class Envelope:
+    """One mail transaction."""
+
+    sender: str
+    recipients: list[str] = field(default_factory=list)
+    helo: str = ""
+    client: str = ""
+    encrypted: bool = False
+    tls: dict[str, str] | None = None  # version and cipher, when known
+    account: str | None = None
+    esmtp: bool = True
+    utf8: bool = False
+    queue_id: str = field(default_factory=lambda: secrets.token_hex(6).upper())
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    enhanced: str
+    text: str
+
+
+def protocol_name(envelope: Envelope) -> str:
+    """RFC 3848: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA (UTF8SMTP* with SMTPUTF8)."""
+    if not envelope.esmtp:
+        return "SMTP"
+    name = ("UTF8SMTP" if envelope.utf8 else "ESMTP")
+    name += "S" if envelope.encrypted else ""
+    name += "A" if envelope.account else ""
+    return name
+
+
+def received_header(envelope: Envelope, hostname: str, when: float, for_: str | None) -> bytes:
+    """
+    RFC 5321 section 4.4 trace line.  The client's HELO is recorded as a
+    claim next to the address we saw; it is never trusted.
+    """
+    helo = "".join(c for c in envelope.helo if 0x21 <= ord(c) < 0x7F and c not in "()")[:255]
+    lines = [f"Received: from {helo or 'unknown'} ([{envelope.client}])"]
+    tls = ""
+    if envelope.tls and envelope.tls.get("version"):
+        tls = f" ({envelope.tls['version']} {envelope.tls.get('cipher', '')})".replace(" )", ")")
+    lines.append(f"\tby {hostname} (mailgateway) with {protocol_name(envelope)}{tls}")
+    lines.append(f"\tid {envelope.queue_id}")
+    if for_:
+        lines.append(f"\tfor <{for_}>")
+    lines[-1] += f"; {email.utils.formatdate(when)}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+class Delivery:
+    def __init__(self, store: IMailStore, spool: ISpool, resolver: Resolver,
+                 hostname: str, clock: Any) -> None:
+        self.store = store
+        self.spool = spool
+        self.resolver = resolver
+        self.hostname = hostname
+        self.clock = clock
+
+    def deliver(self, envelope: Envelope, data: bytes) -> Deferred[Reply]:
+        now = self.clock.seconds()
+        single = envelope.recipients[0] if len(envelope.recipients) == 1 else None
+        trace = received_header(envelope, self.hostname, now, single)
+        local: dict[str, str] = {}
+        remote: list[str] = []
+        for rcpt in envelope.recipients:
+            account = self.resolver.receiver_of(rcpt) if "@" in rcpt else None
+            if account is not None:
+                local.setdefault(account, rcpt)
+            else:
+                remote.append(rcpt)
+        message = trace + data
+        stored: Deferred[DeliveryReport]
+        if local:
+            return_path = f"Return-Path: <{envelope.sender}>\r\n".encode()
+            stored = self.store.deliver(list(local), return_path + message, now)
+        else:
+            stored = succeed(DeliveryReport())
+
+        def after_store(report: DeliveryReport) -> Deferred[Reply] | Reply:
+            retry = [local[account] for account in report.refused]
+            for account, error in report.refused.items():
+                log.info("{id}: {account} refused by the store: {why}", id=envelope.queue_id,
+                         account=account, why=error.text)
+            if local and not report.stored and not remote:
+                # Nothing taken: hand the store's verdict to the client.
+                first = next(iter(report.refused.values()))
+                return Reply(first.code, first.enhanced, first.text)
+            spooled = remote + retry
+            if not spooled:
+                return Reply(250, "2.0.0", f"OK queued as {envelope.queue_id}")
+            d = self.spool.enqueue(envelope.sender, spooled, message, envelope.queue_id)
+            return d.addCallback(lambda _: Reply(250, "2.0.0", f"OK queued as {envelope.queue_id}"))
+
+        return stored.addCallback(after_store)
