@@ -132,14 +132,7 @@ def cmd_policy_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
             print(f"mailgateway: no account {args.auth!r}", file=err)
             return 1
         account = found.name
-    settings = PolicySettings(
-        local_domains=config.server.local_domains,
-        trusted_networks=config.server.trusted_networks,
-        max_recipients=config.policy.max_recipients,
-        max_messages_per_connection=config.policy.max_messages_per_connection,
-        authenticated_any_sender=config.policy.authenticated_any_sender,
-        relay_from_trusted_networks=config.policy.relay_from_trusted_networks,
-    )
+    settings = PolicySettings.from_config(config)
     session = Session(listener.role, args.client, listener.tls == "implicit", account)
     print(f"listener {listener.name} ({listener.role}), client {args.client}, "
           f"{'authenticated as ' + account if account else 'not authenticated'}", file=out)

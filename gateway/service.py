@@ -45,7 +45,12 @@ __all__ = ["build", "GatewayService", "ListenerService", "UsersFileError"]
 from gateway.imap.protocol import IMAPFactory
 from gateway.pop3.protocol import POP3Factory
 from gateway.protocol import ConnectionLimitingFactory, ListenerContext
-from gateway.smtp.server import SMTPFactory
+from gateway.smtp.addressbook import DirectoryAddressBook
+from gateway.smtp.delivery import Delivery
+from gateway.smtp.policy import PolicySettings
+from gateway.smtp.server import SMTPFactory, SMTPServices
+from gateway.smtp.spool import Spool
+from gateway.store.maildir import MaildirStore
 from gateway.tls import ServerTLS, TLSSetupError
 from gateway.tls import build as build_tls
 
@@ -164,6 +169,22 @@ class GatewayService(service.MultiService):
                 log.failure("reload of {c} failed", c=component)
 
 
+def mail_services(config: GatewayConfig, reactor: Any, directory: FileDirectory) -> dict[str, Any]:
+    """The store, the spool and the SMTP transaction's collaborators."""
+    run_in_thread = partial(deferToThreadPool, reactor, reactor.getThreadPool())
+    state = config.server.state_dir
+    store = MaildirStore(
+        str(state / "mail"), run_in_thread=run_in_thread, clock=reactor,
+        known_account=lambda account: directory.account(account) is not None,
+        hostname=config.server.hostname,
+    )
+    spool = Spool(str(state / "spool"), run_in_thread=run_in_thread, clock=reactor)
+    policy = PolicySettings.from_config(config)
+    delivery = Delivery(store, spool, directory, config.server.hostname, reactor)
+    smtp = SMTPServices(policy, DirectoryAddressBook(directory), delivery)
+    return {"store": store, "spool": spool, "smtp": smtp}
+
+
 def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> GatewayService:
     """
     Build the service tree.  Nothing listens until it is started.
@@ -193,6 +214,9 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
         root.periodic.append(lambda: throttle.keep(bans, run_in_thread=run_in_thread))
         portal = build_portal(GatewayRealm(), backend, throttle,
                               backend.canonical_name if backend else None)
+    extras: dict[str, Any] = {}
+    if backend is not None:
+        extras = mail_services(config, reactor, backend)
     sasl_options: dict[str, Any] = {"gssapi.domain": config.auth.default_domain}
     if config.auth.gssapi_keytab is not None:
         sasl_options["gssapi.keytab"] = str(config.auth.gssapi_keytab)
@@ -215,6 +239,7 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
                 else config.auth.plaintext_without_tls
             ),
             trusted_networks=config.server.trusted_networks,
+            extras=extras,
         )
         factory = FACTORIES[listener.protocol](context)
         wrapped: Any = factory

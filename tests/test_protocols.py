@@ -19,7 +19,7 @@ from gateway.imap.protocol import IMAPFactory
 from gateway.pop3.protocol import POP3Factory
 from gateway.protocol import ListenerContext
 from gateway.smtp.server import SMTPFactory
-from gateway.testing import MemoryAuthBackend
+from gateway.testing import MemoryAuthBackend, MemoryStore
 from tests.support import TLSStringTransport
 
 TLS = object()  # stands for a ServerTLS; the transport only records it
@@ -54,6 +54,7 @@ def connect(factory_class: Any, role: str, tls: str = "starttls", peer: str = "1
             mechanisms=MECHANISMS,
             plaintext_without_tls=plaintext_without_tls,
             trusted_networks=(),
+            extras={"store": MemoryStore(clock=clock)},
         )
         factory = factory_class(context)
     proto = factory.buildProtocol(None)

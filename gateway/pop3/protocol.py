@@ -9,8 +9,10 @@ text to clients and logs tracebacks for client errors
 (../shared/notes/twisted-mail-gaps.md section 1).  Overriding all of that
 would leave little of it; the protocol itself is small.
 
-This module knows the AUTHORIZATION state and the TLS upgrade; the mailbox
-commands of the TRANSACTION state come with the store.
+The TRANSACTION state works on a L{gateway.pop3.maildrop.Maildrop} (the
+store's interfaces only); messages are streamed from their files, byte-stuffed
+(L{gateway.pop3.transfer}).  Commands are answered one at a time, so
+pipelining (RFC 2449) keeps its order.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from typing import Any
 from gateway.auth.checkers import APOPCredentials, TemporarilyRefused
 from gateway.auth.realm import IAuthenticatedUser
 from gateway.auth.sasl.exchange import LoggedIn, Outcome, Refused
+from gateway.pop3.maildrop import Maildrop
+from gateway.pop3.transfer import MessageProducer, Stuffer
 from gateway.protocol import ConnectionLimitingFactory, LineProtocol
+from gateway.store.model import MailboxInUse
 
 OK = b"+OK"
 ERR = b"-ERR"
@@ -38,6 +43,7 @@ class POP3Server(LineProtocol):
         self.state = "AUTHORIZATION"
         self.apop_timestamp = b""
         self.user: bytes | None = None
+        self.maildrop: Maildrop | None = None
 
     def idle_timeout(self) -> float:
         return self.context.limits.idle_timeout_pop3
@@ -204,11 +210,9 @@ class POP3Server(LineProtocol):
         elif refused:
             self.send(ERR, "unsupported authentication mechanism")
 
-    def _login_finished(self, outcome: Outcome) -> None:
+    def _login_finished(self, outcome: Outcome) -> Any:
         if isinstance(outcome, LoggedIn):
-            self.state = "TRANSACTION"
-            self.send(OK, "logged in")
-            return
+            return self._open_maildrop(outcome.account)
         if outcome.temporary:
             self.send(ERR, "[SYS/TEMP] temporary authentication failure, try again later")
         elif outcome.cancelled:
@@ -218,15 +222,177 @@ class POP3Server(LineProtocol):
         if self.too_many_auth_failures:
             self.transport.loseConnection()
 
-    def do_NOOP(self, rest: bytes) -> None:
-        if self.state != "TRANSACTION":
+    def _open_maildrop(self, account: str) -> Any:
+        store = self.context.extras.get("store")
+        if store is None:
+            self.send(ERR, "[SYS/PERM] no mail store configured")
+            return None
+
+        def opened(maildrop: Maildrop) -> None:
+            if self.transport is None or self.transport.disconnecting:
+                maildrop.close()
+                return
+            self.maildrop = maildrop
+            self.state = "TRANSACTION"
+            live = maildrop.live()
+            self.send(OK, f"logged in, {len(live)} messages "
+                          f"({sum(m.size for _, m in live)} octets)")
+
+        def failed(failure: Any) -> None:
+            # The login succeeded but the maildrop is not ours: no login.
+            self.account = None
+            if self.logout is not None:
+                logout, self.logout = self.logout, None
+                logout()
+            if failure.check(MailboxInUse):
+                self.send(ERR, "[IN-USE] mailbox in use by another session")
+            else:
+                self.log.failure("{listener}: opening the maildrop of {account}", failure,
+                                 listener=self.context.listener.name, account=account)
+                self.send(ERR, "[SYS/TEMP] mailbox unavailable, try again later")
+
+        return Maildrop.open(store, account).addCallbacks(opened, failed)
+
+    # TRANSACTION (RFC 1939 section 5)
+
+    def _maildrop(self) -> Maildrop | None:
+        if self.state != "TRANSACTION" or self.maildrop is None:
             self.send(ERR, "not authenticated")
-        else:
+            return None
+        return self.maildrop
+
+    def _message_number(self, text: bytes) -> int | None:
+        try:
+            number = int(text)
+        except ValueError:
+            return None
+        return number if text.strip().isdigit() else None
+
+    def _message(self, maildrop: Maildrop, text: bytes) -> tuple[int, Any] | None:
+        number = self._message_number(text)
+        info = maildrop.get(number) if number is not None else None
+        if info is None:
+            self.send(ERR, "no such message")
+            return None
+        return number, info
+
+    def do_STAT(self, rest: bytes) -> None:
+        maildrop = self._maildrop()
+        if maildrop is not None:
+            live = maildrop.live()
+            self.send(OK, f"{len(live)} {sum(m.size for _, m in live)}")
+
+    def do_LIST(self, rest: bytes) -> None:
+        maildrop = self._maildrop()
+        if maildrop is None:
+            return
+        if rest.strip():
+            found = self._message(maildrop, rest.strip())
+            if found is not None:
+                self.send(OK, f"{found[0]} {found[1].size}")
+            return
+        live = maildrop.live()
+        self.send(OK, f"{len(live)} messages")
+        self.transport.write(b"".join(b"%d %d\r\n" % (i, m.size) for i, m in live) + b".\r\n")
+
+    def do_UIDL(self, rest: bytes) -> None:
+        maildrop = self._maildrop()
+        if maildrop is None:
+            return
+        if rest.strip():
+            found = self._message(maildrop, rest.strip())
+            if found is not None:
+                self.send(OK, f"{found[0]} {found[1].key}")
+            return
+        self.send(OK, "unique-id listing follows")
+        self.transport.write(b"".join(b"%d %s\r\n" % (i, m.key.encode("ascii"))
+                                      for i, m in maildrop.live()) + b".\r\n")
+
+    def _send_message(self, maildrop: Maildrop, uid: int, size_line: str,
+                      body_lines: int | None) -> Any:
+        d = maildrop.session.open_message(uid)
+
+        def stream(file: Any) -> Any:
+            self.send(OK, size_line)
+            return MessageProducer(file, self.transport, Stuffer(body_lines)).start()
+
+        def failed(failure: Any) -> None:
+            self.log.failure("{listener}: reading message {uid}", failure,
+                             listener=self.context.listener.name, uid=uid)
+            self.send(ERR, "[SYS/TEMP] cannot read the message")
+
+        return self.serialize(d.addCallback(stream).addErrback(failed))
+
+    def do_RETR(self, rest: bytes) -> Any:
+        maildrop = self._maildrop()
+        found = self._message(maildrop, rest.strip()) if maildrop is not None else None
+        if maildrop is None or found is None:
+            return None
+        info = found[1]
+        if "\\Seen" not in info.flags and not maildrop.session.readonly:
+            seen = maildrop.session.set_flags([info.uid], ["\\Seen"], "add")
+            seen.addErrback(lambda f: self.log.failure("marking {uid} seen", f, uid=info.uid))
+        return self._send_message(maildrop, info.uid, f"{info.size} octets", None)
+
+    def do_TOP(self, rest: bytes) -> Any:
+        maildrop = self._maildrop()
+        if maildrop is None:
+            return None
+        parts = rest.split()
+        count = self._message_number(parts[1]) if len(parts) == 2 else None
+        if count is None:
+            self.send(ERR, "TOP needs a message number and a line count")
+            return None
+        found = self._message(maildrop, parts[0])
+        if found is None:
+            return None
+        return self._send_message(maildrop, found[1].uid, "top of message follows", count)
+
+    def do_DELE(self, rest: bytes) -> None:
+        maildrop = self._maildrop()
+        found = self._message(maildrop, rest.strip()) if maildrop is not None else None
+        if maildrop is not None and found is not None:
+            maildrop.deleted.add(found[0])
+            self.send(OK, f"message {found[0]} deleted")
+
+    def do_RSET(self, rest: bytes) -> None:
+        maildrop = self._maildrop()
+        if maildrop is not None:
+            maildrop.deleted.clear()
+            live = maildrop.live()
+            self.send(OK, f"{len(live)} messages")
+
+    def do_NOOP(self, rest: bytes) -> None:
+        if self._maildrop() is not None:
             self.send(OK)
 
-    def do_QUIT(self, rest: bytes) -> None:
-        self.send(OK, "bye")
-        self.transport.loseConnection()
+    def do_QUIT(self, rest: bytes) -> Any:
+        maildrop, self.maildrop = self.maildrop, None
+        if maildrop is None:
+            self.send(OK, "bye")
+            self.transport.loseConnection()
+            return None
+        # The UPDATE state (RFC 1939 section 6): all deletions at once.
+        self.state = "UPDATE"
+
+        def done(_: Any) -> None:
+            self.send(OK, "bye")
+
+        def failed(failure: Any) -> None:
+            self.log.failure("{listener}: removing deleted messages", failure,
+                             listener=self.context.listener.name)
+            self.send(ERR, "[SYS/TEMP] some deleted messages not removed")
+
+        d = maildrop.commit().addCallbacks(done, failed)
+        d.addBoth(lambda _: (maildrop.close(), self.transport.loseConnection()))
+        return self.serialize(d)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        # A dropped connection deletes nothing (RFC 1939 section 6).
+        maildrop, self.maildrop = self.maildrop, None
+        if maildrop is not None:
+            maildrop.close()
+        super().connectionLost(reason)
 
 
 class POP3Factory(ConnectionLimitingFactory):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 SUBMISSION_ROLES = ("submission", "submissions")
 
@@ -62,6 +62,18 @@ class PolicySettings:
     max_messages_per_connection: int = 100
     authenticated_any_sender: bool = False
     relay_from_trusted_networks: bool = True
+
+    @classmethod
+    def from_config(cls, config: Any) -> PolicySettings:
+        """From a L{gateway.config.GatewayConfig}."""
+        return cls(
+            local_domains=config.server.local_domains,
+            trusted_networks=config.server.trusted_networks,
+            max_recipients=config.policy.max_recipients,
+            max_messages_per_connection=config.policy.max_messages_per_connection,
+            authenticated_any_sender=config.policy.authenticated_any_sender,
+            relay_from_trusted_networks=config.policy.relay_from_trusted_networks,
+        )
 
 
 @dataclass(frozen=True)

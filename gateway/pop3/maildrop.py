@@ -1,0 +1,70 @@
+# -*- test-case-name: tests.test_pop3_transaction -*-
+"""
+The POP3 maildrop of one session (RFC 1939 sections 5 and 6): the account's
+INBOX as it was at login, under the store's exclusive POP3 lock, with the
+deletions that take effect only at QUIT.
+
+It talks to the store only through L{IMailStore} and L{IFolderSession}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from gateway.interfaces import IFolderSession, IMailStore
+from gateway.store.model import MessageInfo
+
+
+class Maildrop:
+    """A locked, fixed view of an INBOX.  Message numbers start at 1."""
+
+    def __init__(self, session: IFolderSession, release: Callable[[], Any]) -> None:
+        self.session = session
+        self._release: Callable[[], Any] | None = release
+        self.messages: list[MessageInfo] = list(session.messages())
+        self.deleted: set[int] = set()
+
+    @classmethod
+    def open(cls, store: IMailStore, account: str) -> Deferred[Maildrop]:
+        """Take the lock, then open the INBOX; the lock is released on failure."""
+        d: Deferred[Any] = store.lock_pop3(account)
+
+        def locked(release: Callable[[], Any]) -> Deferred[Maildrop]:
+            opened: Deferred[Any] = store.open_folder(account, "INBOX")
+
+            def failed(failure: Any) -> Any:
+                release()
+                return failure
+
+            return opened.addCallbacks(lambda session: cls(session, release), failed)
+
+        return d.addCallback(locked)
+
+    def get(self, number: int) -> MessageInfo | None:
+        """The message numbered C{number}, unless out of range or deleted."""
+        if 1 <= number <= len(self.messages) and number not in self.deleted:
+            return self.messages[number - 1]
+        return None
+
+    def live(self) -> list[tuple[int, MessageInfo]]:
+        return [(i, m) for i, m in enumerate(self.messages, 1) if i not in self.deleted]
+
+    def commit(self) -> Deferred[Any]:
+        """The UPDATE state: remove the deleted messages, all at once."""
+        uids = [self.messages[i - 1].uid for i in sorted(self.deleted)]
+        d: Deferred[Any] = self.session.delete(uids) if uids else Deferred()
+        if not uids:
+            d.callback([])
+        return d
+
+    def close(self) -> None:
+        """End the session and release the lock (idempotent)."""
+        release, self._release = self._release, None
+        if release is not None:
+            try:
+                self.session.close()
+            finally:
+                release()

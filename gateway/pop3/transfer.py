@@ -1,0 +1,116 @@
+# -*- test-case-name: tests.test_pop3_transfer -*-
+"""
+Sending a message over POP3 (RFC 1939 section 3): byte-stuffed, CRLF line
+ends, ended by C{CRLF . CRLF}, streamed from its file in large chunks.
+
+L{Stuffer} is pure: feed it chunks of the stored message (which the store
+keeps with CRLF line ends), it returns the bytes to send.  For TOP it stops
+after the header and C{n} body lines (RFC 1939 section 7).  L{MessageProducer}
+pushes a file through it to the transport as a pull producer, so a large
+message is never in memory whole and a slow client is not flooded.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPullProducer
+from zope.interface import implementer
+
+CHUNK = 64 * 1024
+
+
+class Stuffer:
+    """
+    @param body_lines: C{None} to send everything (RETR); otherwise send the
+        header, the blank line, and at most this many body lines (TOP).
+    """
+
+    def __init__(self, body_lines: int | None = None) -> None:
+        self.body_lines = body_lines
+        self.at_line_start = True
+        self.in_body = False
+        self.done = False
+        self._content = 0  # octets of the current line so far (CR included)
+        self._last = 0  # the last octet seen
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.done or not chunk:
+            return b""
+        out = bytearray()
+        start, n = 0, len(chunk)
+        while start < n:
+            if self.at_line_start:
+                if self.in_body and self.body_lines is not None and self.body_lines <= 0:
+                    self.done = True
+                    break
+                if chunk[start] == 0x2E:  # "." at a line start is doubled
+                    out += b"."
+                self.at_line_start = False
+                self._content = 0
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                out += chunk[start:]
+                self._content += n - start
+                self._last = chunk[-1]
+                break
+            out += chunk[start:end + 1]
+            before = chunk[end - 1] if end > start else self._last
+            self._content += end - start
+            empty = self._content == 0 or (self._content == 1 and before == 0x0D)
+            self._last = 0x0A
+            self._end_line(empty)
+            start = end + 1
+        return bytes(out)
+
+    def _end_line(self, empty: bool) -> None:
+        self.at_line_start = True
+        if self.in_body:
+            if self.body_lines is not None:
+                self.body_lines -= 1
+        elif empty:
+            self.in_body = True
+
+    def finish(self) -> bytes:
+        """The terminator, after a CRLF if the message did not end with one."""
+        return (b"" if self.at_line_start else b"\r\n") + b".\r\n"
+
+
+@implementer(IPullProducer)
+class MessageProducer:
+    """Stream one file through a L{Stuffer} to a transport."""
+
+    def __init__(self, file: IO[bytes], transport: Any, stuffer: Stuffer) -> None:
+        self.file = file
+        self.transport = transport
+        self.stuffer = stuffer
+        self.deferred: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        self.transport.registerProducer(self, False)
+        return self.deferred
+
+    def resumeProducing(self) -> None:
+        chunk = self.file.read(CHUNK) if not self.stuffer.done else b""
+        if chunk:
+            data = self.stuffer.feed(chunk)
+            if data:
+                self.transport.write(data)
+            if not self.stuffer.done:
+                return
+        self.transport.write(self.stuffer.finish())
+        self._end(None)
+
+    def stopProducing(self) -> None:
+        self._end(ConnectionError("connection lost while sending a message"))
+
+    def _end(self, error: Exception | None) -> None:
+        if self.deferred.called:
+            return
+        self.file.close()
+        self.transport.unregisterProducer()
+        if error is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(error)
