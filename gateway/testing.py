@@ -231,3 +231,13 @@ def _certificate_identities(certificate: object) -> list[str]:
         if isinstance(attribute.value, str):
             names.append(attribute.value)
     return names
+
+
+# -- the mail store ------------------------------------------------------------
+#
+# L{MemoryStore}: a working L{gateway.interfaces.IMailStore} in memory, with
+# the semantics of the Maildir store (UIDs, \Recent, session views and
+# change notification, folders, the POP3 lock, quotas).  It lives in
+# gateway.store.memory, beside the store it imitates, and is tested by the
+# same contract tests (tests/test_store_contract.py).
+from gateway.store.memory import MemorySession, MemoryStore  # noqa: E402, F401

@@ -1,0 +1,459 @@
+# -*- test-case-name: tests.test_store_maildir -*-
+"""
+The Maildir store: L{IMailStore} over one Maildir++ per account, with a
+SQLite index per account (L{gateway.store.index}).
+
+Layout (names: L{gateway.store.names})::
+
+    <root>/tmp/                          delivery spool (same file system)
+    <root>/<domain>/<local>/             the account's Maildir = INBOX
+        tmp/ new/ cur/                     message files <key>[:2,<flags>]
+        .Sent/ .Drafts/ .Trash/ ...        Maildir++ folders (+ maildirfolder)
+        gateway-index.sqlite               UIDs, flags, sizes, dates
+        gateway-pop3.lock                  POP3's exclusive lock (flock)
+
+Durability (what is on disk before a caller is told "stored"): a delivery
+or APPEND is written to C{<root>/tmp/}, its mtime set to the internal date,
+and fsynced; then hard-linked into each account's C{new/} (or the folder's
+C{cur/}), copied instead where a link is refused; the spool name is
+unlinked; and each target directory is fsynced through the group commit of
+L{gateway.store.fs.DirSyncer}.  Only then is the message indexed and the
+caller answered.  A failure at any step unlinks what was linked and
+answers a temporary failure for that account; a crash leaves at most a
+complete file nobody was told about, or a spool file that the age rule
+(Maildir's 36 hours) removes at the next start.  New accounts and folders
+are built under a staging name, fsynced, and renamed into place.  Flag
+renames, expunges and moves fsync the directories they change before
+answering; the index commits with C{synchronous=FULL}.
+
+Changes: a session sees changes only when it syncs (L{gateway.store.view}).
+Right after a call changed a folder (a delivery, another session's flags
+or expunge), the store calls the C{on_change} callbacks of the folder's
+other sessions.  Changes by other programs (or another gateway process on
+the same directory) are found by a poll every C{poll_interval} seconds of
+the injected clock while any session is open: per open folder two C{stat}
+calls, and a listing only of a directory whose mtime moved
+(L{gateway.store.folder}); a change to the index by another process is
+noticed by SQLite's C{data_version} at the start of each transaction.
+
+Threads: every disk operation runs through C{run_in_thread}.  Work on one
+account is serialised by a L{DeferredLock} (one worker thread at a time
+per account, each call one index transaction), so two sessions changing
+flags at once are applied one after the other and lose nothing.  The
+writes and fsyncs of deliveries run outside that lock, concurrently;
+only quota reservation and indexing take it.  Sessions live in
+L{gateway.store.session}.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import socket
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.interfaces import IMailStore
+from gateway.store import folders
+from gateway.store.durable import TMP_MAX_AGE, Disk
+from gateway.store.folder import FolderState
+from gateway.store.fs import FileSystem
+from gateway.store.index import INDEX_FILE, AccountIndex, Row
+from gateway.store.model import (
+    DEFAULT_FOLDERS,
+    DeliveryReport,
+    FolderInfo,
+    FolderStatus,
+    MailboxInUse,
+    NoSuchAccount,
+    NoSuchFolder,
+    Quota,
+    QuotaExceeded,
+    StoreError,
+    Usage,
+)
+from gateway.store.names import (
+    INBOX,
+    account_path,
+    folder_dir,
+    make_key,
+    normalise,
+    storage_failure,
+)
+
+LOCK_FILE = "gateway-pop3.lock"
+
+
+class _Account:
+    """One account's state; C{index} and C{folders} only in its lock."""
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name, self.path = name, path
+        self.lock = DeferredLock()
+        self.index: AccountIndex | None = None
+        self.folders: dict[str, FolderState] = {}  # least recently used first
+        self.sessions: dict[FolderState, set[Any]] = {}
+        self.touched: set[FolderState] = set()
+        self.pending = [0, 0]  # messages, bytes reserved by deliveries in flight
+        self.polling = False
+
+
+@implementer(IMailStore)
+class MaildirStore:
+    """
+    @param root: the store's directory (C{<state_dir>/mail}).
+    @param run_in_thread: runs a function in a worker thread, returning a
+        L{Deferred} (like L{deferToThread}); tests pass a synchronous one.
+    @param clock: the time of internal dates and UIDVALIDITYs, and the
+        clock of the polling for changes made by other programs.
+    @param quota_for: account -> its L{Quota} (called on the reactor).
+    @param known_account: account -> whether it exists (its Maildir is
+        created on first use).
+    @param fs: the file-system operations (a test seam for faults).
+    @param poll_interval: seconds between looks at the directories of
+        folders that have open sessions.
+    """
+
+    def __init__(self, root: str, *, run_in_thread: Callable[..., Deferred[Any]],
+                 clock: IReactorTime,
+                 quota_for: Callable[[str], Quota] = lambda account: Quota(),
+                 known_account: Callable[[str], bool] = lambda account: True,
+                 fs: FileSystem | None = None, hostname: str | None = None,
+                 poll_interval: float = 1.0, tmp_max_age: float = TMP_MAX_AGE,
+                 cached_folders: int = 8, log: Logger | None = None) -> None:
+        self.root = os.path.abspath(root)
+        self._run = run_in_thread
+        self._clock = clock
+        self._quota_for = quota_for
+        self._known = known_account
+        self.fs = fs or FileSystem()
+        self._host = hostname or socket.gethostname()
+        self._cached = cached_folders
+        self._log = log or Logger()
+        self._accounts: dict[str, _Account] = {}
+        self._counter = itertools.count(1)
+        self.disk = Disk(self.root, self.fs, run_in_thread, tmp_max_age)
+        self._poller = LoopingCall(self._poll)
+        self._poller.clock = clock
+        self._poll_interval = poll_interval
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _account(self, name: str) -> _Account:
+        path = account_path(self.root, name)  # raises NoSuchAccount for path tricks
+        if not self._known(name):
+            raise NoSuchAccount(name)
+        acct = self._accounts.get(name)
+        if acct is None:
+            acct = self._accounts[name] = _Account(name, path)
+        return acct
+
+    def serial(self, account: str | _Account, fn: Callable[..., Any], *args: Any,
+               origin: object = None) -> Deferred[Any]:
+        """Run C{fn(acct, *args)} in a worker thread, alone for its account,
+        inside one index transaction; then tell the sessions of the folders
+        it changed (except C{origin})."""
+        try:
+            acct = account if isinstance(account, _Account) else self._account(account)
+        except StoreError as e:
+            return fail(e)
+
+        def after(result: object) -> object:
+            touched, acct.touched = acct.touched, set()
+            self.notify(acct, touched, origin)
+            if isinstance(result, Failure) and not isinstance(result.value, StoreError):
+                # A disk or other failure: the cause to the log, a
+                # temporary failure to the protocol.
+                return Failure(self.failure(result, "{account}", account=acct.name))
+            return result
+
+        return acct.lock.run(lambda: self._run(self._in_thread, acct, fn, args).addBoth(after))
+
+    def _in_thread(self, acct: _Account, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if acct.index is None:
+            self._open_account(acct)
+        assert acct.index is not None
+        if acct.index.begin():  # another process changed the index: take its changes
+            for state in list(acct.folders.values()):
+                version = state.version
+                state.reload()
+                if state.version != version:
+                    acct.touched.add(state)
+        try:
+            result = fn(acct, *args)
+            acct.index.commit()
+        except StoreError:
+            acct.index.rollback()  # refusals are raised before any change
+            raise
+        except BaseException:
+            acct.index.rollback()
+            for state in acct.folders.values():
+                state.invalidate()
+            raise
+        return result
+
+    def notify(self, acct: _Account, touched: Iterable[FolderState], origin: object) -> None:
+        for state in touched:
+            for session in list(acct.sessions.get(state, ())):
+                if session is not origin and session.behind():
+                    session.changed()
+
+    def folder(self, acct: _Account, name: str) -> FolderState:
+        """(thread) The folder's state, cached; raise L{NoSuchFolder}."""
+        state = acct.folders.pop(name, None)
+        if state is not None and state.stale:
+            state.reload()
+        if not self.disk.exists(os.path.join(acct.path, folder_dir(name), "cur")):
+            if state is not None:
+                state.vanish()
+                acct.touched.add(state)
+            raise NoSuchFolder(name)
+        if state is None or state.gone:
+            assert acct.index is not None
+            row = acct.index.folder(name) or acct.index.add_folder(name)
+            state = FolderState(self.fs, acct.index, acct.path, row)
+        acct.folders[name] = state
+        idle = [n for n, s in acct.folders.items() if not s.has_views()]
+        for n in idle[:max(0, len(idle) - self._cached)]:
+            del acct.folders[n]
+        return state
+
+    def _unique(self, size: int | None) -> str:
+        return make_key(self._clock.seconds(), os.getpid(), next(self._counter),
+                        secrets.token_hex(4), self._host, size)
+
+    # -- accounts on disk ---------------------------------------------------------
+
+    def _open_account(self, acct: _Account) -> None:
+        created = False
+        if not self.disk.exists(os.path.join(acct.path, "cur")):
+            created = self.disk.create_account(acct.path)
+        acct.index = AccountIndex(os.path.join(acct.path, INDEX_FILE),
+                                  uidvalidity_base=lambda: int(self._clock.seconds()))
+        if created:
+            with acct.index.transaction():
+                for name in (INBOX, *DEFAULT_FOLDERS):
+                    acct.index.subscribe(name, True)
+        self.disk.recover(acct.path)
+
+    def reserve(self, acct: _Account, size: int) -> Deferred[None]:
+        """Check the quota for one more message of C{size} octets and hold
+        it until L{release}."""
+        quota = self._quota_for(acct.name)
+
+        def check(acct: _Account) -> None:
+            if quota.max_bytes is not None and size > quota.max_bytes:
+                raise QuotaExceeded(acct.name, permanent=True)
+            assert acct.index is not None
+            count, total = acct.index.usage()
+            if (quota.max_messages is not None
+                    and count + acct.pending[0] + 1 > quota.max_messages) or (
+                    quota.max_bytes is not None
+                    and total + acct.pending[1] + size > quota.max_bytes):
+                raise QuotaExceeded(acct.name)
+            acct.pending[0] += 1
+            acct.pending[1] += size
+
+        return self.serial(acct, check)
+
+    def release(self, acct: _Account, size: int) -> None:
+        acct.pending[0] -= 1
+        acct.pending[1] -= size
+
+    def failure(self, f: Failure, what: str, **kw: Any) -> StoreError:
+        if isinstance(f.value, StoreError):
+            return f.value
+        self._log.failure("mail store: " + what, f, **kw)
+        return storage_failure()
+
+    # -- IMailStore: delivery -----------------------------------------------------
+
+    def deliver(self, accounts: Iterable[str], message: bytes | str,
+                internal_date: float | None = None) -> Deferred[DeliveryReport]:
+        date = self._clock.seconds() if internal_date is None else float(internal_date)
+        refused: dict[str, StoreError] = {}
+        wanted: list[_Account] = []
+        for name in dict.fromkeys(accounts):
+            try:
+                wanted.append(self._account(name))
+            except StoreError as e:
+                refused[name] = e
+        if not wanted:
+            return succeed(DeliveryReport((), refused))
+
+        def spooled(result: tuple[str, int]) -> Deferred[DeliveryReport]:
+            path, size = result
+            checks = [self.reserve(acct, size) for acct in wanted]
+            return DeferredList(checks, consumeErrors=True).addCallback(reserved, path, size)
+
+        def reserved(outcome: list[tuple[bool, Any]], path: str,
+                     size: int) -> Deferred[DeliveryReport]:
+            accepted = []
+            for acct, (ok, value) in zip(wanted, outcome):
+                if ok:
+                    accepted.append(acct)
+                else:
+                    refused[acct.name] = self.failure(value, "quota check", account=acct.name)
+            key = self._unique(size)
+            targets = [os.path.join(acct.path, "new", key) for acct in accepted]
+            def release(result: object) -> object:
+                for acct in accepted:
+                    self.release(acct, size)
+                return result
+
+            return self.disk.commit_file(path, targets).addCallback(
+                committed, accepted, key, size).addBoth(release)
+
+        def committed(results: list[Exception | None], accepted: list[_Account], key: str,
+                      size: int) -> Deferred[DeliveryReport]:
+            stored, indexing = [], []
+            for acct, error in zip(accepted, results):
+                if error is not None:
+                    refused[acct.name] = self.failure(Failure(error), "delivery",
+                                                      account=acct.name)
+                    continue
+                stored.append(acct.name)
+                row = Row(0, key, "new", None, "", size, date, False)
+                d = self.serial(acct, self.index_rows, INBOX, [row])
+                indexing.append(d.addErrback(self._unindexed, acct.name))
+            order = [a.name for a in wanted if a.name in stored]
+            return DeferredList(indexing).addCallback(
+                lambda _: DeliveryReport(tuple(order), refused))
+
+        def spool_failed(f: Failure) -> DeliveryReport:
+            error = self.failure(f, "spooling a delivery")
+            return DeliveryReport((), {**refused, **{a.name: error for a in wanted}})
+
+        return self._run(self.disk.spool, message, date).addCallbacks(spooled, spool_failed)
+
+    def _unindexed(self, f: Failure, account: str) -> None:
+        # The message is on disk: the next listing of the folder indexes it.
+        self._log.failure("mail store: indexing a delivery to {account}", f, account=account)
+
+    def index_rows(self, acct: _Account, name: str | FolderState, rows: list[Row]) -> list[int]:
+        """(thread) Give UIDs to files we put in a folder."""
+        state = self.folder(acct, name) if isinstance(name, str) else name
+        if state.gone:
+            raise NoSuchFolder(state.name)
+        acct.touched.add(state)
+        return state.add_rows(rows)
+
+    # -- IMailStore: folders ------------------------------------------------------
+
+    def open_folder(self, account: str, name: str, readonly: bool = False) -> Deferred[Any]:
+        from gateway.store.session import open_session
+        return open_session(self, account, name, readonly)
+
+    def status(self, account: str, name: str) -> Deferred[FolderStatus]:
+        def status(acct: _Account, name: str) -> FolderStatus:
+            state = self.folder(acct, name)
+            if state.refresh():
+                acct.touched.add(state)
+            infos = state.infos.values()
+            return FolderStatus(
+                messages=len(state.infos),
+                recent=sum(1 for uid in state.infos if uid > state.recent_uid),
+                unseen=sum(1 for m in infos if "\\Seen" not in m.flags),
+                uidvalidity=state.uidvalidity, uidnext=state.uidnext)
+        return self._named(account, name, status)
+
+    def _named(self, account: str, name: str, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        try:
+            name = normalise(name)
+        except StoreError as e:
+            return fail(e)
+        return self.serial(account, fn, name, *args)
+
+    def folders(self, account: str) -> Deferred[list[FolderInfo]]:
+        return self.serial(account, folders.list_folders, self)
+
+    def create_folder(self, account: str, name: str) -> Deferred[None]:
+        return self._named(account, name, folders.create_folder, self)
+
+    def delete_folder(self, account: str, name: str) -> Deferred[None]:
+        return self._named(account, name, folders.delete_folder, self)
+
+    def rename_folder(self, account: str, old: str, new: str) -> Deferred[None]:
+        try:
+            new = normalise(new)
+        except StoreError as e:
+            return fail(e)
+        return self._named(account, old, folders.rename_folder, self, new)
+
+    def subscribe(self, account: str, name: str, subscribed: bool) -> Deferred[None]:
+        return self._named(account, name, folders.subscribe, self, subscribed)
+
+    # -- IMailStore: POP3 lock and usage --------------------------------------
+
+    def lock_pop3(self, account: str) -> Deferred[Callable[[], None]]:
+        def lock(acct: _Account) -> int:
+            handle = self.fs.lock(os.path.join(acct.path, LOCK_FILE))
+            if handle is None:
+                raise MailboxInUse(acct.name)
+            return handle
+
+        def locked(handle: int) -> Callable[[], None]:
+            done: list[bool] = []
+
+            def release() -> None:
+                if not done:
+                    done.append(True)
+                    self.fs.unlock(handle)
+
+            # A releaser dropped without being called (a session lost without
+            # its protocol noticing) releases on collection; a crashed
+            # process releases because the kernel drops flocks.
+            weakref.finalize(release, lambda: None if done else self.fs.unlock(handle))
+            return release
+
+        return self.serial(account, lock).addCallback(locked)
+
+    def usage(self, account: str) -> Deferred[Usage]:
+        def usage(acct: _Account) -> Usage:
+            assert acct.index is not None
+            count, total = acct.index.usage()
+            return Usage(bytes=total, messages=count)
+        return self.serial(account, usage)
+
+    # -- sessions and polling -------------------------------------------------
+
+    def add_session(self, acct: _Account, state: FolderState, session: object) -> None:
+        acct.sessions.setdefault(state, set()).add(session)
+        if not self._poller.running:
+            self._poller.start(self._poll_interval, now=False)
+
+    def remove_session(self, acct: _Account, state: FolderState, session: object) -> None:
+        sessions = acct.sessions.get(state, set())
+        sessions.discard(session)
+        if not sessions:
+            acct.sessions.pop(state, None)
+        if self._poller.running and not any(a.sessions for a in self._accounts.values()):
+            self._poller.stop()
+
+    def _poll(self) -> None:
+        from gateway.store.session import poll
+        for acct in self._accounts.values():
+            poll(self, acct)
+
+    def close(self) -> Deferred[None]:
+        """Stop polling and close the index databases (at shutdown)."""
+        if self._poller.running:
+            self._poller.stop()
+
+        def close(acct: _Account) -> None:
+            if acct.index is not None:
+                acct.index.close()
+                acct.index = None
+                acct.folders.clear()
+
+        return DeferredList([acct.lock.run(self._run, close, acct)
+                             for acct in self._accounts.values()]).addCallback(lambda _: None)
