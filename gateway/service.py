@@ -120,6 +120,7 @@ class GatewayService(service.MultiService):
         self.tls = tls
         self.reloadables = reloadables
         self.periodic: list[Any] = []
+        self.closers: list[Any] = []  # called after the listeners stopped
         self._loops: list[Any] = []
         self._previous_hup: Any = None
 
@@ -150,7 +151,13 @@ class GatewayService(service.MultiService):
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous_hup = None
-        return super().stopService()
+        d = defer.maybeDeferred(super().stopService)
+
+        def close_rest(result: Any) -> Any:
+            return defer.gatherResults([defer.maybeDeferred(c) for c in self.closers],
+                                       consumeErrors=True).addBoth(lambda _: result)
+
+        return d.addBoth(close_rest)
 
     def reload(self) -> None:
         """Re-read certificates and reloadable components; keep the old on error."""
@@ -217,6 +224,7 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
     extras: dict[str, Any] = {}
     if backend is not None:
         extras = mail_services(config, reactor, backend)
+        root.closers.append(extras["store"].close)
     sasl_options: dict[str, Any] = {"gssapi.domain": config.auth.default_domain}
     if config.auth.gssapi_keytab is not None:
         sasl_options["gssapi.keytab"] = str(config.auth.gssapi_keytab)

@@ -127,3 +127,20 @@ class POP3TransactionTests(SynchronousTestCase):
         proto, t = self.login()
         proto.dataReceived(b"RETR 0\r\nRETR -1\r\nRETR x\r\nDELE 99\r\n")
         self.assertEqual(lines(t), [b"-ERR no such message"] * 4)
+
+
+class UIDLTests(SynchronousTestCase):
+    def test_key_kept_when_valid(self) -> None:
+        from gateway.pop3.protocol import uidl
+
+        self.assertEqual(uidl("1700000000.M1P2Q3R4.host,S=10,W=10"),
+                         "1700000000.M1P2Q3R4.host,S=10,W=10")
+
+    def test_long_or_odd_keys_are_digested_stably(self) -> None:
+        from gateway.pop3.protocol import uidl
+
+        long_key = "1700000000.M1P2Q3R4." + "h" * 80 + ",S=1"
+        self.assertEqual(uidl(long_key), uidl(long_key))
+        self.assertLessEqual(len(uidl(long_key)), 70)
+        self.assertNotEqual(uidl(long_key), uidl(long_key + "0"))
+        self.assertRegex(uidl("with space"), r"^[0-9a-f]{40}$")

@@ -17,6 +17,7 @@ pipelining (RFC 2449) keeps its order.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from typing import Any
@@ -30,6 +31,18 @@ from gateway.protocol import ConnectionLimitingFactory, LineProtocol
 from gateway.store.model import MailboxInUse
 
 OK = b"+OK"
+
+
+def uidl(key: str) -> str:
+    """
+    The message's UIDL: the store's stable key, which survives flag changes
+    and moves (unlike Twisted's md5 of the file name).  RFC 1939 section 7
+    allows 1 to 70 characters from 0x21 to 0x7E; a longer or odd key (a long
+    host name) is replaced by a digest of itself, which is just as stable.
+    """
+    if 0 < len(key) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in key):
+        return key
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 ERR = b"-ERR"
 
 
@@ -302,10 +315,10 @@ class POP3Server(LineProtocol):
         if rest.strip():
             found = self._message(maildrop, rest.strip())
             if found is not None:
-                self.send(OK, f"{found[0]} {found[1].key}")
+                self.send(OK, f"{found[0]} {uidl(found[1].key)}")
             return
         self.send(OK, "unique-id listing follows")
-        self.transport.write(b"".join(b"%d %s\r\n" % (i, m.key.encode("ascii"))
+        self.transport.write(b"".join(b"%d %s\r\n" % (i, uidl(m.key).encode("ascii"))
                                       for i, m in maildrop.live()) + b".\r\n")
 
     def _send_message(self, maildrop: Maildrop, uid: int, size_line: str,
