@@ -65,6 +65,29 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(summarize(config, info), file=out)
     if users is not None:
         print(f"  users file holds {len(users.accounts)} account(s)", file=out)
+        return _check_routing(config, out, err)
+    return 0
+
+
+def _check_routing(config: GatewayConfig, out: TextIO, err: TextIO) -> int:
+    """The aliases file parses, and postmaster leads somewhere in every local domain."""
+    from gateway.auth.directory import FileDirectory, UsersFile
+    from gateway.smtp.addressbook import DirectoryAddressBook
+    from gateway.smtp.aliases import AliasError
+
+    try:
+        book = DirectoryAddressBook(
+            FileDirectory(UsersFile(str(config.auth.users))), config.server.local_domains,
+            config.server.aliases)
+    except AliasError as e:
+        print(f"mailgateway: {config.path}: aliases: {e}", file=err)
+        return 1
+    if config.server.aliases:
+        print(f"  aliases:        {len(book.aliases.table)} in {config.server.aliases}", file=out)
+    for domain in config.server.local_domains:
+        if not book.is_local_recipient(f"postmaster@{domain}"):
+            print(f"  warning: postmaster@{domain} leads nowhere: RFC 5321 requires it; "
+                  "add 'postmaster: ACCOUNT' to the aliases file", file=out)
     return 0
 
 
@@ -125,6 +148,13 @@ def cmd_policy_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
     except UsersFileError as e:
         print(f"mailgateway: {e.render()}", file=err)
         return 1
+    from gateway.smtp.aliases import AliasError
+
+    try:
+        book = DirectoryAddressBook(directory, config.server.local_domains, config.server.aliases)
+    except AliasError as e:
+        print(f"mailgateway: aliases: {e}", file=err)
+        return 1
     account = None
     if args.auth:
         found = directory.account(args.auth)
@@ -137,7 +167,7 @@ def cmd_policy_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
     print(f"listener {listener.name} ({listener.role}), client {args.client}, "
           f"{'authenticated as ' + account if account else 'not authenticated'}", file=out)
     refused = False
-    for what, decision in explain(settings, DirectoryAddressBook(directory), session,
+    for what, decision in explain(settings, book, session,
                                   args.sender, args.to):
         verdict = "accept" if decision.accept else "REFUSE"
         print(f"  {what:<40} {verdict:<6} {decision.reply():<55} rule: {decision.rule}",

@@ -165,6 +165,7 @@ class ServerConfig:
     local_domains: tuple[str, ...] = ()
     trusted_networks: tuple[IPNetwork, ...] = ()
     shutdown_timeout: float = 30.0
+    aliases: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -395,7 +396,7 @@ def _ports_clash(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
 
 def _read_server(r: _Reader, data: Any) -> ServerConfig:
     t = r.table(data, "server", ("hostname", "state_dir", "local_domains",
-                                 "trusted_networks", "shutdown_timeout"))
+                                 "trusted_networks", "shutdown_timeout", "aliases"))
     hostname = r.value(t, "server", "hostname", str, default="localhost",
                        required=True, check=check_domain)
     state_raw = r.value(t, "server", "state_dir", str, required=True)
@@ -414,7 +415,8 @@ def _read_server(r: _Reader, data: Any) -> ServerConfig:
         except ValueError as e:
             r.problem(f"server.trusted_networks[{i}]", f"{text!r} is not a network: {e}")
     timeout = r.value(t, "server", "shutdown_timeout", float, default=30.0, check=_non_negative)
-    return ServerConfig(hostname, state_dir, tuple(domains), tuple(networks), timeout)
+    aliases = r.file(t, "server", "aliases")
+    return ServerConfig(hostname, state_dir, tuple(domains), tuple(networks), timeout, aliases)
 
 
 def _read_limits(r: _Reader, data: Any) -> Limits:

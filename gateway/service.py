@@ -187,9 +187,10 @@ def mail_services(config: GatewayConfig, reactor: Any, directory: FileDirectory)
     )
     spool = Spool(str(state / "spool"), run_in_thread=run_in_thread, clock=reactor)
     policy = PolicySettings.from_config(config)
-    delivery = Delivery(store, spool, directory, config.server.hostname, reactor)
-    smtp = SMTPServices(policy, DirectoryAddressBook(directory), delivery)
-    return {"store": store, "spool": spool, "smtp": smtp}
+    book = DirectoryAddressBook(directory, config.server.local_domains, config.server.aliases)
+    delivery = Delivery(store, spool, book, config.server.hostname, reactor)
+    smtp = SMTPServices(policy, book, delivery)
+    return {"store": store, "spool": spool, "smtp": smtp, "addressbook": book}
 
 
 def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> GatewayService:
@@ -198,6 +199,7 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
 
     @raise TLSSetupError: a TLS profile's files cannot be used.
     @raise UsersFileError: the users file cannot be used.
+    @raise AliasError: the aliases file cannot be used.
     """
     tls = build_tls(config.tls)
     reloadables: list[Any] = []
@@ -225,6 +227,7 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
     if backend is not None:
         extras = mail_services(config, reactor, backend)
         root.closers.append(extras["store"].close)
+        reloadables.append(extras["addressbook"])
     sasl_options: dict[str, Any] = {"gssapi.domain": config.auth.default_domain}
     if config.auth.gssapi_keytab is not None:
         sasl_options["gssapi.keytab"] = str(config.auth.gssapi_keytab)

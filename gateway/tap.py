@@ -15,6 +15,7 @@ from twisted.python import usage
 from gateway.auth.directory import UsersFileError
 from gateway.config import load
 from gateway.errors import ConfigError
+from gateway.smtp.aliases import AliasError
 from gateway.tls import TLSSetupError
 
 
@@ -45,3 +46,5 @@ def makeService(options: Options) -> Any:
         raise SystemExit(f"mailgateway: {options['config']}: TLS: {e}") from None
     except UsersFileError as e:
         raise SystemExit(f"mailgateway: {options['config']}: {e.render()}") from None
+    except AliasError as e:
+        raise SystemExit(f"mailgateway: {options['config']}: aliases: {e}") from None

@@ -78,6 +78,8 @@ tls_profile = "main"
 """
             for name, (role, tls) in ROLES.items()
         )
+        self.aliases = self.dir / "aliases"
+        self.aliases.write_text("postmaster: alice@example.test\nteam: alice, bob, outside@partner.example\n")
         self.config = self.dir / "gateway.toml"
         self.config.write_text(
             f"""
@@ -87,6 +89,7 @@ state_dir = "{self.dir / 'state'}"
 local_domains = ["example.test"]
 trusted_networks = {trusted}
 shutdown_timeout = 5
+aliases = "{self.aliases}"
 
 [tls.main]
 certificate = "{self.certs.certificate}"

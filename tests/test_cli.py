@@ -124,6 +124,28 @@ class PolicyExplainTests(CLITestCase):
                                       "--to", "alice@example.test", "--to", "alice@example.test")
         self.assertIn("452 4.5.3 too many recipients", out)
 
+    def test_alias_routes_locally(self) -> None:
+        aliases = self.dir / "aliases"
+        aliases.write_text("postmaster: alice@example.test\nteam: alice, outside@else.org\n")
+        self.config.write_text(self.config.read_text().replace(
+            'local_domains = ["example.test"]',
+            f'local_domains = ["example.test"]\naliases = "{aliases}"'))
+        status, out, err = self.explain("--listener", "mx", "--client", "192.0.2.7",
+                                        "--from", "x@else.org", "--to", "team@example.test",
+                                        "--to", "postmaster@example.test")
+        self.assertEqual(status, 0, err)
+        self.assertIn("rule: local-recipient", out)
+        self.assertIn("rule: postmaster", out)
+        status, out, err = self.run_cli("check", str(self.config))
+        self.assertEqual(status, 0, err)
+        self.assertIn("aliases:        2 in", out)
+        self.assertNotIn("warning", out)
+
+    def test_check_warns_about_unrouted_postmaster(self) -> None:
+        status, out, err = self.run_cli("check", str(self.config))
+        self.assertEqual(status, 0, err)
+        self.assertIn("warning: postmaster@example.test leads nowhere", out)
+
     def test_unknown_listener_and_account(self) -> None:
         status, _, err = self.explain("--listener", "imaps", "--client", "1.2.3.4",
                                       "--from", "a@b.c", "--to", "d@e.f")

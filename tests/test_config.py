@@ -62,6 +62,7 @@ class ValidConfigTests(ConfigTestMixin, SynchronousTestCase):
         """etc/dev.toml is accepted once make run's certificates exist."""
         etc = self.dir / "etc"
         etc.mkdir()
+        (etc / "dev-aliases").write_text((ROOT / "etc" / "dev-aliases").read_text())
         make_certs(self.dir / "dev-state" / "certs")
         users = self.dir / "dev-state" / "users.json"
         users.write_text('{"version": 1, "accounts": {}}')
@@ -86,6 +87,7 @@ class ValidConfigTests(ConfigTestMixin, SynchronousTestCase):
         users = self.dir / "users.json"
         users.write_text('{"version": 1, "accounts": {}}')
         users.chmod(0o600)
+        (self.dir / "aliases").write_text((ROOT / "etc" / "aliases").read_text())
         config = parse(tomllib.loads(text), self.dir / "gateway.toml")
         self.assertEqual(len(config.listeners), 7)
         self.assertFalse(config.auth.plaintext_without_tls)

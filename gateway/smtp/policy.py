@@ -24,7 +24,9 @@ MAIL FROM
 RCPT TO
   - C{too-many-recipients} (452 4.5.3);
   - C{postmaster}: C{postmaster} and C{postmaster@} each local domain are
-    always accepted (RFC 5321 section 4.5.1);
+    accepted (RFC 5321 section 4.5.1) when the aliases file or an account
+    routes them; C{postmaster-unrouted} otherwise (a configuration error
+    that C{mailgateway check} reports);
   - C{local-recipient} / C{unknown-local-recipient}: a local domain's
     recipient is accepted from anyone if it is an account or an alias, else
     550 5.1.1;
@@ -146,7 +148,12 @@ def check_recipient(settings: PolicySettings, book: AddressBook, session: Sessio
     local_part = recipient.rpartition("@")[0] if "@" in recipient else recipient
     local_domain = domain in settings.local_domains
     if local_part.lower() == "postmaster" and (local_domain or not domain):
-        return _accept("postmaster", "recipient OK")
+        if book.is_local_recipient(recipient):
+            return _accept("postmaster", "recipient OK")
+        # RFC 5321 section 4.5.1 wants it accepted; without an alias or an
+        # account it has nowhere to go ('mailgateway check' warns).
+        return Decision(False, 550, "5.1.1", "postmaster has no mailbox here (configuration)",
+                        "postmaster-unrouted")
     if local_domain:
         if book.is_local_recipient(recipient):
             return _accept("local-recipient", "recipient OK")

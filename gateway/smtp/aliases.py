@@ -1,0 +1,121 @@
+# -*- test-case-name: tests.test_aliases -*-
+"""
+The aliases file: local addresses that stand for other addresses.
+
+Format (like C{/etc/aliases})::
+
+    # comment
+    postmaster: alice@example.edu
+    staff:      alice@example.edu, bob@example.edu,
+                helpdesk@partner.org          # a continuation line
+    info@lists.example.edu: staff
+
+A name without a domain applies to every local domain; a name with a domain
+only to that one (and wins over the bare name).  Targets are addresses
+(local accounts or anywhere else) or other aliases; expansion follows them
+to a fixed depth and refuses loops.  Names and local domains compare
+case-insensitively.  Every problem of a file is reported at once, with its
+line number.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_DEPTH = 8
+_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+(@[A-Za-z0-9.-]+)?$")
+
+
+class AliasError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Aliases:
+    """@ivar table: alias name (lower case, with or without domain) -> targets."""
+
+    table: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str, where: str = "aliases") -> Aliases:
+        """@raise AliasError: with every problem, each naming its line."""
+        entries: list[tuple[int, str]] = []
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.split("#", 1)[0].rstrip()
+            if not line:
+                continue
+            if raw[:1].isspace() and entries:
+                entries[-1] = (entries[-1][0], entries[-1][1] + " " + line.strip())
+            else:
+                entries.append((number, line.strip()))
+        table: dict[str, tuple[str, ...]] = {}
+        problems = []
+        for number, entry in entries:
+            name, sep, rest = entry.partition(":")
+            name = name.strip().lower()
+            targets = tuple(t.strip() for t in rest.replace(",", " ").split() if t.strip())
+            if not sep or not _NAME.match(name):
+                problems.append(f"{where}:{number}: expected 'name: target, ...'")
+            elif not targets:
+                problems.append(f"{where}:{number}: {name} has no target")
+            elif name in table:
+                problems.append(f"{where}:{number}: {name} defined twice")
+            elif bad := [t for t in targets if not _NAME.match(t)]:
+                problems.append(f"{where}:{number}: bad target {bad[0]!r}")
+            else:
+                table[name] = targets
+        if problems:
+            raise AliasError(problems)
+        return cls(table)
+
+    @classmethod
+    def load(cls, path: Path | None) -> Aliases:
+        if path is None:
+            return cls()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise AliasError([f"{path}: cannot read: {e}"]) from None
+        return cls.parse(text, str(path))
+
+    def lookup(self, address: str, local_domains: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The targets of C{address} if it is an alias in a local domain."""
+        local, _, domain = address.lower().rpartition("@")
+        if not local:  # bare "postmaster"
+            return self.table.get(domain)
+        if domain.rstrip(".") not in local_domains:
+            return None
+        return self.table.get(f"{local}@{domain}") or self.table.get(local)
+
+    def expand(self, address: str, local_domains: tuple[str, ...],
+               default_domain: str) -> list[str]:
+        """
+        The final addresses C{address} stands for (itself if not an alias);
+        a bare target takes the domain of the alias it came from.  A chain
+        deeper than L{MAX_DEPTH} ends at the address where it was cut; a loop
+        adds nothing, so an alias that only loops expands to nothing (the
+        caller refuses it).
+        """
+        out: list[str] = []
+        seen: set[str] = set()
+
+        def walk(addr: str, depth: int) -> None:
+            key = addr.lower()
+            if key in seen:  # a loop: this branch adds nothing
+                return
+            seen.add(key)
+            targets = self.lookup(addr, local_domains) if depth < MAX_DEPTH else None
+            if targets is None:
+                if key not in (o.lower() for o in out):
+                    out.append(addr)
+                return
+            domain = addr.rpartition("@")[2] if "@" in addr else default_domain
+            for target in targets:
+                walk(target if "@" in target else f"{target}@{domain}", depth + 1)
+
+        walk(address, 0)
+        return out
