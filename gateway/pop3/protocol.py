@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway.auth.checkers import APOPCredentials, TemporarilyRefused
@@ -28,7 +29,7 @@ from gateway.auth.sasl.exchange import LoggedIn, Outcome, Refused
 from gateway.pop3.maildrop import Maildrop
 from gateway.pop3.transfer import MessageProducer, Stuffer
 from gateway.protocol import ConnectionLimitingFactory, LineProtocol
-from gateway.store.model import MailboxInUse
+from gateway.store.model import MailboxInUse, MessageInfo
 
 OK = b"+OK"
 
@@ -295,31 +296,26 @@ class POP3Server(LineProtocol):
             live = maildrop.live()
             self.send(OK, f"{len(live)} {sum(m.size for _, m in live)}")
 
-    def do_LIST(self, rest: bytes) -> None:
+    def _listing(self, rest: bytes, heading: str, column: Callable[[MessageInfo], str]) -> None:
+        """LIST and UIDL: one message, or every live one as a multi-line reply."""
         maildrop = self._maildrop()
         if maildrop is None:
             return
         if rest.strip():
             found = self._message(maildrop, rest.strip())
             if found is not None:
-                self.send(OK, f"{found[0]} {found[1].size}")
+                self.send(OK, f"{found[0]} {column(found[1])}")
             return
         live = maildrop.live()
-        self.send(OK, f"{len(live)} messages")
-        self.transport.write(b"".join(b"%d %d\r\n" % (i, m.size) for i, m in live) + b".\r\n")
+        self.send(OK, heading.format(count=len(live)))
+        self.transport.write(b"".join(f"{i} {column(m)}\r\n".encode("ascii") for i, m in live)
+                             + b".\r\n")
+
+    def do_LIST(self, rest: bytes) -> None:
+        self._listing(rest, "{count} messages", lambda m: str(m.size))
 
     def do_UIDL(self, rest: bytes) -> None:
-        maildrop = self._maildrop()
-        if maildrop is None:
-            return
-        if rest.strip():
-            found = self._message(maildrop, rest.strip())
-            if found is not None:
-                self.send(OK, f"{found[0]} {uidl(found[1].key)}")
-            return
-        self.send(OK, "unique-id listing follows")
-        self.transport.write(b"".join(b"%d %s\r\n" % (i, uidl(m.key).encode("ascii"))
-                                      for i, m in maildrop.live()) + b".\r\n")
+        self._listing(rest, "unique-id listing follows", lambda m: uidl(m.key))
 
     def _send_message(self, maildrop: Maildrop, uid: int, size_line: str,
                       body_lines: int | None) -> Any:
