@@ -1,0 +1,215 @@
+# -*- test-case-name: tests.test_imap_selected -*-
+"""
+FETCH (RFC 3501 sections 6.4.5 and 7.4.2): the data items a client asks
+for, parsed into L{Item}s, and the response for one message.
+
+Partial fetches answer with the origin only (C{BODY[]<0>}) and exactly
+C{count} octets, the fault of Twisted's server (twisted/twisted#5613).
+Items that the index answers (FLAGS, UID, INTERNALDATE, RFC822.SIZE) never
+open the message file: L{needs_body} tells the caller.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from gateway.imap import mime
+from gateway.imap.parser import Atom, ParseError, Token
+from gateway.store.model import MessageInfo
+
+_MACROS = {
+    b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
+    b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
+    b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
+}
+_SIMPLE = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE", b"RFC822", b"RFC822.HEADER",
+           b"RFC822.TEXT", b"ENVELOPE", b"BODY", b"BODYSTRUCTURE"}
+_INDEX_ONLY = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE"}
+_SECTION = re.compile(
+    rb"(BODY|BODY\.PEEK|BINARY\.PEEK|BINARY)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?\Z", re.IGNORECASE)
+_PART = re.compile(rb"[1-9][0-9]{0,4}\Z")
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """
+    One FETCH data item.
+
+    @ivar name: C{FLAGS}, C{UID}, ... or C{BODY} with C{section} set for
+        C{BODY[...]}.
+    @ivar numbers: the section's part numbers.
+    @ivar text: C{""}, C{HEADER}, C{HEADER.FIELDS}, C{HEADER.FIELDS.NOT},
+        C{TEXT} or C{MIME}.
+    @ivar fields: the header names of HEADER.FIELDS[.NOT].
+    @ivar partial: C{(origin, count)} or C{None}.
+    """
+
+    name: bytes
+    section: bool = False
+    peek: bool = False
+    numbers: tuple[int, ...] = ()
+    text: bytes = b""
+    fields: tuple[bytes, ...] = ()
+    partial: tuple[int, int] | None = None
+
+    def label(self) -> bytes:
+        if not self.section:
+            return self.name
+        spec = b".".join(str(n).encode() for n in self.numbers)
+        if self.text:
+            spec = spec + b"." + self.text if spec else self.text
+        if self.fields:
+            spec += b" (" + b" ".join(self.fields) + b")"
+        out = b"BODY[" + spec + b"]"
+        if self.partial is not None:
+            out += b"<%d>" % self.partial[0]
+        return out
+
+
+def parse_items(arg: Token) -> list[Item]:
+    """
+    The FETCH argument: a macro, one item, or a parenthesized list of items.
+
+    @raise ParseError: for anything else.
+    """
+    if isinstance(arg, list):
+        if not arg:
+            raise ParseError("empty FETCH item list")
+        atoms = arg
+    elif isinstance(arg, Atom) and arg.upper() in _MACROS:
+        return [Item(name) for name in _MACROS[arg.upper()]]
+    else:
+        atoms = [arg]
+    return [_item(a) for a in atoms]
+
+
+def _item(token: Token) -> Item:
+    if not isinstance(token, Atom):
+        raise ParseError("invalid FETCH item")
+    upper = token.upper()
+    if upper in _SIMPLE:
+        return Item(upper)
+    match = _SECTION.match(bytes(token))
+    if match is None or match.group(1).upper().startswith(b"BINARY"):
+        raise ParseError("invalid FETCH item")
+    kind, spec, origin, count = match.groups()
+    partial = None if origin is None else (int(origin), int(count))
+    if partial is not None and partial[1] == 0:
+        raise ParseError("invalid partial range")
+    numbers, text, fields = _section(spec)
+    return Item(b"BODY", True, kind.upper() == b"BODY.PEEK", numbers, text, fields, partial)
+
+
+def _section(spec: bytes) -> tuple[tuple[int, ...], bytes, tuple[bytes, ...]]:
+    fields: tuple[bytes, ...] = ()
+    head, space, rest = spec.partition(b" ")
+    numbers: list[int] = []
+    words = head.split(b".") if head else []
+    while words and _PART.match(words[0]):
+        numbers.append(int(words.pop(0)))
+    text = b".".join(words).upper()
+    if text in (b"HEADER.FIELDS", b"HEADER.FIELDS.NOT"):
+        rest = rest.strip()
+        if not (rest.startswith(b"(") and rest.endswith(b")")):
+            raise ParseError("HEADER.FIELDS needs a list of field names")
+        names = rest[1:-1].replace(b'"', b" ").split()
+        if not names or any(not n.isascii() or b":" in n for n in names):
+            raise ParseError("invalid header field name")
+        fields = tuple(n.upper() for n in names)
+    elif space or text not in (b"", b"HEADER", b"TEXT", b"MIME"):
+        raise ParseError("invalid section")
+    if text == b"MIME" and not numbers:
+        raise ParseError("MIME needs a part number")
+    return tuple(numbers), text, fields
+
+
+def needs_body(items: list[Item]) -> bool:
+    return any(item.name not in _INDEX_ONLY for item in items)
+
+
+def sets_seen(items: list[Item]) -> bool:
+    """Does fetching these items set \\Seen (RFC 3501 section 6.4.5)?"""
+    return any((item.section and not item.peek) or item.name in (b"RFC822", b"RFC822.TEXT")
+               for item in items)
+
+
+def flags_list(flags: frozenset[str] | set[str], recent: bool) -> bytes:
+    names = sorted(flags) + (["\\Recent"] if recent else [])
+    return b"(" + " ".join(names).encode("utf-8", "replace") + b")"
+
+
+def internal_date(seconds: float) -> bytes:
+    """C{"17-Jul-1996 02:44:25 +0000"}, always in UTC."""
+    t = time.gmtime(seconds)
+    return b'"%02d-%s-%04d %02d:%02d:%02d +0000"' % (
+        t.tm_mday, _MONTHS[t.tm_mon - 1].encode(), t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+
+
+def section_data(root: mime.Part, data: bytes, item: Item) -> bytes:
+    if not item.numbers:
+        part = root
+        if item.text == b"":
+            return data
+    else:
+        found = mime.find(root, item.numbers)
+        if found is None:
+            return b""
+        part = found
+        if item.text == b"":
+            return part.body
+        if item.text == b"MIME":
+            return part.header
+        if not part.is_rfc822:
+            return b""
+        part = part.children[0]
+    if item.text == b"HEADER":
+        return part.header
+    if item.text == b"TEXT":
+        return part.body
+    return mime.header_fields(part.header, list(item.fields), item.text.endswith(b".NOT"))
+
+
+def render(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
+           data: bytes | None) -> bytes:
+    """
+    The parenthesized FETCH data of one message.
+
+    @param data: the message, if L{needs_body}.
+    """
+    out: list[bytes] = []
+    if uid and not any(item.name == b"UID" for item in items):
+        out.append(b"UID %d" % info.uid)
+    root = mime.parse(data) if data is not None else None
+    for item in items:
+        name = item.name
+        if name == b"FLAGS":
+            value = flags_list(info.flags, recent)
+        elif name == b"UID":
+            value = b"%d" % info.uid
+        elif name == b"INTERNALDATE":
+            value = internal_date(info.internal_date)
+        elif name == b"RFC822.SIZE":
+            value = b"%d" % info.size
+        else:
+            assert root is not None and data is not None
+            if name == b"RFC822":
+                value = mime.literal(data)
+            elif name == b"RFC822.HEADER":
+                value = mime.literal(root.header)
+            elif name == b"RFC822.TEXT":
+                value = mime.literal(root.body)
+            elif name == b"ENVELOPE":
+                value = mime.envelope(root.message)
+            elif name in (b"BODY", b"BODYSTRUCTURE") and not item.section:
+                value = mime.bodystructure(root, name == b"BODYSTRUCTURE")
+            else:
+                chunk = section_data(root, data, item)
+                if item.partial is not None:
+                    origin, count = item.partial
+                    chunk = chunk[origin:origin + count]
+                value = mime.literal(chunk)
+        out.append(item.label() + b" " + value)
+    return b"(" + b" ".join(out) + b")"

@@ -1,0 +1,349 @@
+# -*- test-case-name: tests.test_imap_mailboxes -*-
+"""
+The mailbox commands of the authenticated state (RFC 3501 section 6.3):
+SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST,
+LSUB (with CHILDREN and SPECIAL-USE attributes, RFC 3348 and 6154),
+STATUS, APPEND (UIDPLUS APPENDUID), NAMESPACE and ENABLE; and UNSELECT,
+CLOSE and CHECK, which leave or touch the selected mailbox.
+
+Mailbox names cross the wire in modified UTF-7 (RFC 3501 section 5.1.3)
+and reach the store as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import datetime
+import re
+from typing import Any
+
+from gateway.imap.fetch import flags_list
+from gateway.imap.mime import nstring
+from gateway.imap.parser import Atom, String, Token
+from gateway.imap.replies import Bad, No, store_refusal
+from gateway.store.model import DELIMITER, FolderInfo, StoreError
+
+SYSTEM_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+_DATE = re.compile(
+    rb"([ 0-9]?[0-9])-([A-Za-z]{3})-([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([-+])([0-9]{2})([0-9]{2})\Z")
+_MONTHS = {m: i for i, m in enumerate(
+    [b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT",
+     b"NOV", b"DEC"], 1)}
+
+
+# -- names --------------------------------------------------------------------
+
+def decode_name(token: Token) -> str:
+    """A mailbox argument (astring, modified UTF-7) as text.
+    @raise Bad: not a string or not modified UTF-7."""
+    if isinstance(token, list):
+        raise Bad("mailbox name expected")
+    text = bytes(token)
+    out: list[str] = []
+    i = 0
+    try:
+        while i < len(text):
+            c = text[i]
+            if not 0x20 <= c <= 0x7E:
+                raise ValueError
+            if c != 0x26:
+                out.append(chr(c))
+                i += 1
+                continue
+            end = text.index(b"-", i)
+            if end == i + 1:
+                out.append("&")
+            else:
+                b64 = text[i + 1:end].replace(b",", b"/")
+                out.append(base64.b64decode(b64 + b"=" * (-len(b64) % 4),
+                                            validate=True).decode("utf-16-be"))
+            i = end + 1
+    except ValueError:
+        raise Bad("mailbox name is not modified UTF-7") from None
+    name = "".join(out)
+    if name.upper() == "INBOX":
+        return "INBOX"
+    return name
+
+
+def encode_name(name: str) -> bytes:
+    out: list[bytes] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            data = base64.b64encode("".join(run).encode("utf-16-be")).rstrip(b"=")
+            out.append(b"&" + data.replace(b"/", b",") + b"-")
+            run.clear()
+    for char in name:
+        if 0x20 <= ord(char) <= 0x7E:
+            flush()
+            out.append(b"&-" if char == "&" else char.encode())
+        else:
+            run.append(char)
+    flush()
+    return b"".join(out)
+
+
+def quoted_name(name: str) -> bytes:
+    return nstring(encode_name(name))
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """LIST wildcards (RFC 3501 section 6.3.8): C{*} matches anything, C{%}
+    anything but the delimiter."""
+    parts = [".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern]
+    return re.compile("".join(parts) + r"\Z", re.DOTALL)
+
+
+def parse_date_time(token: Token) -> float:
+    """APPEND's date-time, C{"17-Jul-1996 02:44:25 -0700"}, as POSIX seconds."""
+    match = _DATE.match(bytes(token)) if isinstance(token, String) else None
+    month = _MONTHS.get(match.group(2).upper()) if match else None
+    if match is None or month is None:
+        raise Bad("invalid date-time")
+    day, _, year, hh, mm, ss, sign, zh, zm = match.groups()
+    try:
+        moment = datetime.datetime(int(year), month, int(day), int(hh), int(mm), int(ss))
+        seconds = calendar.timegm(moment.timetuple())
+    except (ValueError, OverflowError):
+        raise Bad("invalid date-time") from None
+    offset = (int(zh) * 60 + int(zm)) * 60
+    return float(seconds - offset if sign == b"+" else seconds + offset)
+
+
+def parse_flags(token: Token) -> list[str]:
+    items = token if isinstance(token, list) else [token]
+    flags = []
+    for item in items:
+        if not isinstance(item, Atom) or not item or item.startswith(b"\\\\"):
+            raise Bad("invalid flag")
+        flag = bytes(item).decode("ascii", "replace")
+        if flag.startswith("\\") and flag.lower() == "\\recent":
+            raise Bad("\\Recent cannot be set")
+        flags.append(flag)
+    return flags
+
+
+class MailboxCommands:
+    """Mixed into L{gateway.imap.protocol.IMAPServer}."""
+
+    store: Any
+    account: str | None
+    session: Any
+    state: str
+    untagged: Any
+
+    async def _open(self, tag: bytes, args: list[Token], readonly: bool) -> str:
+        if len(args) != 1:
+            raise Bad("one mailbox name expected")
+        name = decode_name(args[0])
+        await self.close_session()
+        try:
+            session = await self.store.open_folder(self.account, name, readonly)
+        except StoreError as e:
+            raise No(store_refusal(e)) from None
+        self.session = session
+        self.state = "SELECTED"
+        self.watch(session)
+        messages = session.messages()
+        keywords = sorted({f for m in messages for f in m.flags if f not in SYSTEM_FLAGS})
+        flags = flags_list(set(SYSTEM_FLAGS) | set(keywords), False)
+        self.untagged(b"FLAGS " + flags)
+        if readonly:
+            self.untagged(b"OK [PERMANENTFLAGS ()] read-only mailbox")
+        else:
+            permanent = flags[:-1] + b" \\*)"
+            self.untagged(b"OK [PERMANENTFLAGS " + permanent + b"] flags permitted")
+        self.untagged(f"{len(messages)} EXISTS")
+        self.untagged(f"{len(session.recent)} RECENT")
+        for seq, info in enumerate(messages, 1):
+            if "\\Seen" not in info.flags:
+                self.untagged(f"OK [UNSEEN {seq}] first unseen message")
+                break
+        self.untagged(f"OK [UIDVALIDITY {session.uidvalidity}] UIDs valid")
+        self.untagged(f"OK [UIDNEXT {session.uidnext()}] predicted next UID")
+        if readonly:
+            return "[READ-ONLY] EXAMINE completed"
+        return "[READ-WRITE] SELECT completed"
+
+    async def cmd_SELECT(self, tag: bytes, args: list[Token]) -> str:
+        return await self._open(tag, args, False)
+
+    async def cmd_EXAMINE(self, tag: bytes, args: list[Token]) -> str:
+        return await self._open(tag, args, True)
+
+    async def _store_call(self, call: Any, *args: Any) -> None:
+        try:
+            await call(self.account, *args)
+        except StoreError as e:
+            raise No(store_refusal(e)) from None
+
+    async def cmd_CREATE(self, tag: bytes, args: list[Token]) -> str:
+        if len(args) != 1:
+            raise Bad("one mailbox name expected")
+        name = decode_name(args[0])
+        if name.endswith(DELIMITER):  # RFC 3501 section 6.3.3
+            name = name.rstrip(DELIMITER)
+        if name == "INBOX":
+            raise No("[ALREADYEXISTS] INBOX always exists")
+        await self._store_call(self.store.create_folder, name)
+        return "CREATE completed"
+
+    async def cmd_DELETE(self, tag: bytes, args: list[Token]) -> str:
+        if len(args) != 1:
+            raise Bad("one mailbox name expected")
+        name = decode_name(args[0])
+        if name == "INBOX":
+            raise No("[CANNOT] INBOX cannot be deleted")
+        await self._store_call(self.store.delete_folder, name)
+        return "DELETE completed"
+
+    async def cmd_RENAME(self, tag: bytes, args: list[Token]) -> str:
+        if len(args) != 2:
+            raise Bad("two mailbox names expected")
+        old, new = decode_name(args[0]), decode_name(args[1])
+        if new == "INBOX":
+            raise No("[ALREADYEXISTS] INBOX always exists")
+        await self._store_call(self.store.rename_folder, old, new)
+        return "RENAME completed"
+
+    async def cmd_SUBSCRIBE(self, tag: bytes, args: list[Token]) -> str:
+        if len(args) != 1:
+            raise Bad("one mailbox name expected")
+        await self._store_call(self.store.subscribe, decode_name(args[0]), True)
+        return "SUBSCRIBE completed"
+
+    async def cmd_UNSUBSCRIBE(self, tag: bytes, args: list[Token]) -> str:
+        if len(args) != 1:
+            raise Bad("one mailbox name expected")
+        await self._store_call(self.store.subscribe, decode_name(args[0]), False)
+        return "UNSUBSCRIBE completed"
+
+    async def _list(self, args: list[Token], verb: str) -> list[FolderInfo]:
+        if len(args) != 2 or any(isinstance(a, list) for a in args):
+            raise Bad(f"{verb} needs a reference and a mailbox pattern")
+        reference = decode_name(args[0]) if args[0] else ""
+        pattern = bytes(args[1]).decode("ascii", "replace")
+        if not pattern:
+            # RFC 3501 section 6.3.8: the delimiter and the root name.
+            self.untagged(f'{verb} (\\Noselect) "{DELIMITER}" ""')
+            return []
+        pattern = decode_name(args[1])
+        full = reference + pattern
+        if full[:5].upper() == "INBOX":
+            full = "INBOX" + full[5:]
+        regex = pattern_regex(full)
+        try:
+            folders = await self.store.folders(self.account)
+        except StoreError as e:
+            raise No(store_refusal(e)) from None
+        return [f for f in folders if regex.match(f.name)]
+
+    async def cmd_LIST(self, tag: bytes, args: list[Token]) -> str:
+        for folder in await self._list(args, "LIST"):
+            attributes = ["\\HasChildren" if folder.has_children else "\\HasNoChildren"]
+            if folder.special_use:
+                attributes.append(folder.special_use)
+            self.untagged(f'LIST ({" ".join(attributes)}) "{DELIMITER}" '.encode()
+                          + quoted_name(folder.name))
+        return "LIST completed"
+
+    async def cmd_LSUB(self, tag: bytes, args: list[Token]) -> str:
+        for folder in await self._list(args, "LSUB"):
+            if folder.subscribed:
+                self.untagged(f'LSUB () "{DELIMITER}" '.encode() + quoted_name(folder.name))
+        return "LSUB completed"
+
+    async def cmd_STATUS(self, tag: bytes, args: list[Token]) -> str:
+        if len(args) != 2 or not isinstance(args[1], list) or not args[1]:
+            raise Bad("STATUS needs a mailbox name and a list of items")
+        name = decode_name(args[0])
+        items = []
+        for item in args[1]:
+            word = bytes(item).upper().decode("ascii", "replace") if not isinstance(
+                item, list) else ""
+            if word not in _STATUS_ITEMS:
+                raise Bad("unknown STATUS item")
+            items.append(word)
+        try:
+            status = await self.store.status(self.account, name)
+        except StoreError as e:
+            raise No(store_refusal(e)) from None
+        values = " ".join(f"{item} {getattr(status, item.lower())}" for item in items)
+        self.untagged(b"STATUS " + quoted_name(name) + f" ({values})".encode())
+        return "STATUS completed"
+
+    async def cmd_APPEND(self, tag: bytes, args: list[Token]) -> str:
+        if len(args) < 2 or len(args) > 4 or not isinstance(args[-1], String):
+            raise Bad("APPEND needs a mailbox name and a message literal")
+        name = decode_name(args[0])
+        flags: list[str] = []
+        date = None
+        for extra in args[1:-1]:
+            if isinstance(extra, list) and not flags and date is None:
+                flags = parse_flags(extra)
+            elif isinstance(extra, String) and date is None:
+                date = parse_date_time(extra)
+            else:
+                raise Bad("invalid APPEND arguments")
+        message = bytes(args[-1])
+        if not message:
+            raise No("empty message")
+        try:
+            session = await self.store.open_folder(self.account, name)
+        except StoreError as e:
+            raise No(store_refusal(e, trycreate=True)) from None
+        try:
+            uid = await session.append(message, flags, date)
+        except StoreError as e:
+            raise No(store_refusal(e)) from None
+        finally:
+            await session.close()
+        return f"[APPENDUID {session.uidvalidity} {uid}] APPEND completed"
+
+    def cmd_NAMESPACE(self, tag: bytes, args: list[Token]) -> str:
+        if args:
+            raise Bad("NAMESPACE takes no arguments")
+        self.untagged(f'NAMESPACE (("" "{DELIMITER}")) NIL NIL')
+        return "NAMESPACE completed"
+
+    def cmd_ENABLE(self, tag: bytes, args: list[Token]) -> str:
+        # RFC 5161: no capability we offer needs enabling.
+        if not args or any(not isinstance(a, Atom) for a in args):
+            raise Bad("ENABLE needs capability names")
+        self.untagged("ENABLED")
+        return "ENABLE completed"
+
+    async def cmd_UNSELECT(self, tag: bytes, args: list[Token]) -> str:
+        if args:
+            raise Bad("UNSELECT takes no arguments")
+        await self.close_session()
+        return "UNSELECT completed"
+
+    async def cmd_CLOSE(self, tag: bytes, args: list[Token]) -> str:
+        if args:
+            raise Bad("CLOSE takes no arguments")
+        session = self.session
+        if not session.readonly:
+            # RFC 3501 section 6.4.2: expunge silently.
+            try:
+                await session.expunge()
+            except StoreError:
+                pass
+        await self.close_session()
+        return "CLOSE completed"
+
+    def cmd_CHECK(self, tag: bytes, args: list[Token]) -> str:
+        if args:
+            raise Bad("CHECK takes no arguments")
+        return "CHECK completed"
+
+    # Provided by the protocol.
+    async def close_session(self) -> None:
+        raise NotImplementedError
+
+    def watch(self, session: Any) -> None:
+        raise NotImplementedError

@@ -1,0 +1,283 @@
+# -*- test-case-name: tests.test_imap_selected,tests.test_imap_parser -*-
+"""
+SEARCH and UID SEARCH (RFC 3501 section 6.4.4): the search keys parsed
+into a predicate, then run over the session's view.
+
+Keys that the index answers (flags, sizes, dates, sets) never open a
+message; the others read one message at a time.  Text keys compare
+case-insensitively on the decoded header text and on the body as stored
+(transfer encodings are not undone).
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.utils import parsedate_tz
+from typing import Any
+
+from gateway.imap import mime
+from gateway.imap.parser import Atom, ParseError, Token, contains, parse_sequence_set, resolve
+from gateway.imap.replies import No
+from gateway.store.model import MessageInfo, NoSuchMessage
+
+_DATE = re.compile(rb"([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})\Z")
+_MONTHS = [b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP",
+           b"OCT", b"NOV", b"DEC"]
+_FLAG_KEYS = {
+    b"ANSWERED": ("\\Answered", True), b"DELETED": ("\\Deleted", True),
+    b"DRAFT": ("\\Draft", True), b"FLAGGED": ("\\Flagged", True), b"SEEN": ("\\Seen", True),
+    b"UNANSWERED": ("\\Answered", False), b"UNDELETED": ("\\Deleted", False),
+    b"UNDRAFT": ("\\Draft", False), b"UNFLAGGED": ("\\Flagged", False),
+    b"UNSEEN": ("\\Seen", False),
+}
+_ADDRESS_KEYS = {b"FROM", b"TO", b"CC", b"BCC", b"SUBJECT"}
+_CHARSETS = {b"UTF-8", b"US-ASCII"}
+
+
+@dataclass
+class Candidate:
+    """One message as a predicate sees it; C{part} is set only when a key
+    needs the message."""
+
+    seq: int
+    info: MessageInfo
+    recent: bool
+    largest_seq: int
+    largest_uid: int
+    part: mime.Part | None = None
+
+
+Predicate = Callable[[Candidate], bool]
+
+
+class Query:
+    """Parsed search keys: C{test} a predicate, C{needs_body} whether it
+    reads messages."""
+
+    def __init__(self, test: Predicate, needs_body: bool) -> None:
+        self.test = test
+        self.needs_body = needs_body
+
+
+def parse_query(args: list[Token]) -> Query:
+    """
+    @raise ParseError: for malformed keys.
+    @raise No: C{[BADCHARSET]} for a charset other than UTF-8 or US-ASCII.
+    """
+    args = list(args)
+    if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == b"CHARSET":
+        if isinstance(args[1], list) or bytes(args[1]).upper() not in _CHARSETS:
+            raise No("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
+        args = args[2:]
+    if not args:
+        raise ParseError("SEARCH needs search keys")
+    parser = _Parser(args)
+    tests = []
+    while not parser.done():
+        tests.append(parser.key())
+    return Query(_all(tests), parser.needs_body)
+
+
+def _all(tests: list[Predicate]) -> Predicate:
+    return lambda c: all(t(c) for t in tests)
+
+
+class _Parser:
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        self.i = 0
+        self.needs_body = False
+        self.depth = 0
+
+    def done(self) -> bool:
+        return self.i >= len(self.tokens)
+
+    def next(self) -> Token:
+        if self.done():
+            raise ParseError("missing search argument")
+        token = self.tokens[self.i]
+        self.i += 1
+        return token
+
+    def string(self) -> str:
+        token = self.next()
+        if isinstance(token, list):
+            raise ParseError("string expected")
+        return bytes(token).decode("utf-8", "replace").casefold()
+
+    def number(self) -> int:
+        token = self.next()
+        if not isinstance(token, Atom) or not token.isdigit() or len(token) > 10:
+            raise ParseError("number expected")
+        return int(token)
+
+    def date(self) -> tuple[int, int, int]:
+        token = self.next()
+        match = _DATE.match(bytes(token)) if not isinstance(token, list) else None
+        if match is None or match.group(2).upper() not in _MONTHS:
+            raise ParseError("invalid date")
+        day, month, year = (int(match.group(1)), _MONTHS.index(match.group(2).upper()) + 1,
+                            int(match.group(3)))
+        try:
+            datetime.date(year, month, day)
+        except ValueError:
+            raise ParseError("invalid date") from None
+        return (year, month, day)
+
+    def key(self) -> Predicate:
+        token = self.next()
+        if isinstance(token, list):
+            if not token:
+                raise ParseError("empty parenthesized search keys")
+            self.depth += 1
+            if self.depth > 50:
+                raise ParseError("search keys nested too deep")
+            inner = _Parser(token)
+            inner.depth = self.depth
+            tests = []
+            while not inner.done():
+                tests.append(inner.key())
+            self.needs_body |= inner.needs_body
+            self.depth -= 1
+            return _all(tests)
+        if not isinstance(token, Atom):
+            raise ParseError("search key expected")
+        word = token.upper()
+        if word == b"ALL":
+            return lambda c: True
+        if word in _FLAG_KEYS:
+            flag, present = _FLAG_KEYS[word]
+            return lambda c: (flag in c.info.flags) == present
+        if word == b"RECENT":
+            return lambda c: c.recent
+        if word == b"OLD":
+            return lambda c: not c.recent
+        if word == b"NEW":
+            return lambda c: c.recent and "\\Seen" not in c.info.flags
+        if word in (b"KEYWORD", b"UNKEYWORD"):
+            keyword = bytes(self._atom()).decode("ascii", "replace")
+            return lambda c: (keyword in c.info.flags) == (word == b"KEYWORD")
+        if word in (b"LARGER", b"SMALLER"):
+            n = self.number()
+            return (lambda c: c.info.size > n) if word == b"LARGER" else (
+                lambda c: c.info.size < n)
+        if word in (b"BEFORE", b"ON", b"SINCE"):
+            day = self.date()
+            return _compare(word, day, lambda c: time.gmtime(c.info.internal_date)[:3])
+        if word in (b"SENTBEFORE", b"SENTON", b"SENTSINCE"):
+            day = self.date()
+            self.needs_body = True
+            return _compare(word[4:], day, _sent_date)
+        if word in _ADDRESS_KEYS:
+            text = self.string()
+            self.needs_body = True
+            name = word.decode().lower()
+            return lambda c: text in _header_text(c, name)
+        if word == b"HEADER":
+            name = self.string()
+            text = self.string()
+            self.needs_body = True
+            return lambda c: text in _header_text(c, name)
+        if word in (b"BODY", b"TEXT"):
+            text = self.string()
+            self.needs_body = True
+            whole = word == b"TEXT"
+            return lambda c: text in _body_text(c, whole)
+        if word == b"NOT":
+            negated = self.key()
+            return lambda c: not negated(c)
+        if word == b"OR":
+            left, right = self.key(), self.key()
+            return lambda c: left(c) or right(c)
+        if word == b"UID":
+            ranges = parse_sequence_set(self._atom())
+            return lambda c: contains(resolve(ranges, c.largest_uid), c.info.uid)
+        ranges = parse_sequence_set(token)
+        return lambda c: contains(resolve(ranges, c.largest_seq), c.seq)
+
+    def _atom(self) -> Atom:
+        token = self.next()
+        if not isinstance(token, Atom):
+            raise ParseError("atom expected")
+        return token
+
+
+def _compare(op: bytes, day: tuple[int, int, int],
+             get: Callable[[Candidate], Any]) -> Predicate:
+    def test(c: Candidate) -> bool:
+        value = get(c)
+        if value is None:
+            return False
+        if op == b"BEFORE":
+            return bool(value < day)
+        if op == b"ON":
+            return bool(value == day)
+        return bool(value >= day)
+    return test
+
+
+def _sent_date(c: Candidate) -> tuple[int, int, int] | None:
+    assert c.part is not None
+    value = c.part.message.get("date")
+    parsed = parsedate_tz(str(value)) if value is not None else None
+    return None if parsed is None else (parsed[0], parsed[1], parsed[2])
+
+
+def _header_text(c: Candidate, name: str) -> str:
+    assert c.part is not None
+    values = c.part.message.get_all(name) or []
+    out = []
+    for value in values:
+        text = mime.unfold(str(value)) or ""
+        try:
+            text = str(make_header(decode_header(text)))
+        except (ValueError, LookupError, UnicodeError):
+            pass
+        out.append(text)
+    return "\n".join(out).casefold()
+
+
+def _body_text(c: Candidate, whole: bool) -> str:
+    assert c.part is not None
+    data = (c.part.header + c.part.body) if whole else c.part.body
+    text = data.decode("utf-8", "replace").casefold()
+    return text + "\n" + _header_text_all(c) if whole else text
+
+
+def _header_text_all(c: Candidate) -> str:
+    assert c.part is not None
+    return "\n".join(_header_text(c, name) for name in set(c.part.message.keys()))
+
+
+class SearchCommand:
+    """Mixed into L{gateway.imap.protocol.IMAPServer}."""
+
+    session: Any
+    untagged: Any
+
+    async def cmd_SEARCH(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
+        query = parse_query(args)
+        session = self.session
+        messages = session.messages()
+        found = []
+        largest_uid = messages[-1].uid if messages else 0
+        for seq, info in enumerate(messages, 1):
+            c = Candidate(seq, info, info.uid in session.recent, len(messages), largest_uid)
+            if query.needs_body:
+                try:
+                    f = await session.open_message(info.uid)
+                except NoSuchMessage:
+                    continue
+                try:
+                    c.part = mime.parse(f.read())
+                finally:
+                    f.close()
+            if query.test(c):
+                found.append(info.uid if uid else seq)
+        self.untagged(" ".join(["SEARCH", *map(str, found)]))
+        return "UID SEARCH completed" if uid else "SEARCH completed"

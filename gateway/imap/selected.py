@@ -1,0 +1,192 @@
+# -*- test-case-name: tests.test_imap_selected -*-
+"""
+The commands of the selected state that read or change messages (RFC 3501
+section 6.4): FETCH, STORE, COPY, EXPUNGE and their UID forms, MOVE (RFC
+6851) and UID EXPUNGE / COPYUID (RFC 4315 UIDPLUS).
+
+Message files are opened one at a time, and only when an item needs the
+message itself (L{gateway.imap.fetch.needs_body}).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from typing import Any
+
+from gateway.imap import fetch
+from gateway.imap.mailboxes import decode_name, parse_flags
+from gateway.imap.parser import Atom, Token, format_set, parse_sequence_set, resolve
+from gateway.imap.replies import Bad, No, store_refusal
+from gateway.store.model import MessageInfo, NoSuchMessage, StoreError
+
+_STORE_MODES = {b"FLAGS": "replace", b"+FLAGS": "add", b"-FLAGS": "remove"}
+
+
+class SelectedCommands:
+    """Mixed into L{gateway.imap.protocol.IMAPServer}."""
+
+    store: Any
+    account: str | None
+    session: Any
+    transport: Any
+    untagged: Any
+
+    def messages_for(self, token: Token, uid: bool) -> list[tuple[int, MessageInfo]]:
+        """
+        The C{(sequence number, info)} of the messages a set names, in
+        order, each once.
+
+        @raise Bad: a malformed set, or a sequence number that does not
+            exist (UIDs that do not exist are ignored, RFC 3501 section
+            6.4.8).
+        """
+        ranges = parse_sequence_set(token)  # type: ignore[arg-type]
+        messages = self.session.messages()
+        if not messages:
+            if uid:
+                return []
+            raise Bad("invalid message sequence number: the mailbox is empty")
+        picked: set[int] = set()
+        if uid:
+            uids = [m.uid for m in messages]
+            for lo, hi in resolve(ranges, uids[-1]):
+                picked.update(range(bisect_left(uids, lo), bisect_right(uids, hi)))
+        else:
+            for lo, hi in resolve(ranges, len(messages)):
+                if hi > len(messages):
+                    raise Bad("invalid message sequence number")
+                picked.update(range(lo - 1, hi))
+        return [(i + 1, messages[i]) for i in sorted(picked)]
+
+    def _writable(self) -> None:
+        if self.session.readonly:
+            raise No("[READ-ONLY] the mailbox is selected read-only")
+
+    # FETCH
+
+    async def cmd_FETCH(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
+        if len(args) != 2:
+            raise Bad("FETCH needs a sequence set and data items")
+        items = fetch.parse_items(args[1])
+        targets = self.messages_for(args[0], uid)
+        session = self.session
+        body = fetch.needs_body(items)
+        seen = fetch.sets_seen(items) and not session.readonly
+        with_flags = items if any(i.name == b"FLAGS" for i in items) else [
+            *items, fetch.Item(b"FLAGS")]
+        for seq, info in targets:
+            data = None
+            if body:
+                try:
+                    f = await session.open_message(info.uid)
+                except NoSuchMessage:
+                    continue  # expunged by another session meanwhile
+                try:
+                    data = f.read()
+                finally:
+                    f.close()
+            wanted = items
+            if seen and "\\Seen" not in info.flags:
+                updated = await session.set_flags([info.uid], ["\\Seen"], "add")
+                if updated:
+                    info = updated[0]
+                wanted = with_flags
+            response = fetch.render(info, wanted, info.uid in session.recent, uid, data)
+            self.transport.write(b"* %d FETCH " % seq + response + b"\r\n")
+        return "UID FETCH completed" if uid else "FETCH completed"
+
+    # STORE
+
+    async def cmd_STORE(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
+        if len(args) < 3 or not isinstance(args[1], Atom):
+            raise Bad("STORE needs a sequence set, a data item and flags")
+        item = args[1].upper()
+        silent = item.endswith(b".SILENT")
+        mode = _STORE_MODES.get(item[:-7] if silent else item)
+        if mode is None:
+            raise Bad("invalid STORE data item")
+        flags = parse_flags(args[2] if len(args) == 3 else args[2:])  # type: ignore[arg-type]
+        targets = self.messages_for(args[0], uid)
+        self._writable()
+        session = self.session
+        seqs = {info.uid: seq for seq, info in targets}
+        try:
+            updated = await session.set_flags(list(seqs), flags, mode)
+        except StoreError as e:
+            raise No(store_refusal(e)) from None
+        if not silent:
+            for info in updated:
+                if info.uid in seqs:
+                    text = b"FLAGS " + fetch.flags_list(info.flags, info.uid in session.recent)
+                    if uid:
+                        text = b"UID %d " % info.uid + text
+                    self.untagged(b"%d FETCH (" % seqs[info.uid] + text + b")")
+        return "UID STORE completed" if uid else "STORE completed"
+
+    # COPY, MOVE
+
+    async def _transfer(self, args: list[Token], uid: bool, move: bool) -> str:
+        verb = ("UID " if uid else "") + ("MOVE" if move else "COPY")
+        if len(args) != 2:
+            raise Bad(f"{verb} needs a sequence set and a mailbox name")
+        targets = self.messages_for(args[0], uid)
+        destination = decode_name(args[1])
+        if move:
+            self._writable()
+        uids = [info.uid for _, info in targets]
+        try:
+            if move:
+                mapping = await self.session.move(uids, destination)
+            else:
+                mapping = await self.session.copy(uids, destination)
+            status = await self.store.status(self.account, destination)
+        except StoreError as e:
+            raise No(store_refusal(e, trycreate=True)) from None
+        if not mapping:
+            return f"{verb} completed"
+        source = sorted(mapping)
+        code = (f"[COPYUID {status.uidvalidity} {format_set(source)} "
+                f"{format_set([mapping[s] for s in source])}]")
+        if move:
+            # RFC 6851 section 4.3: COPYUID in an untagged OK, before the
+            # EXPUNGE responses.
+            self.untagged(f"OK {code} moved")
+            return f"{verb} completed"
+        return f"{code} {verb} completed"
+
+    async def cmd_COPY(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
+        return await self._transfer(args, uid, False)
+
+    async def cmd_MOVE(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
+        return await self._transfer(args, uid, True)
+
+    # EXPUNGE
+
+    async def cmd_EXPUNGE(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
+        if uid:
+            if len(args) != 1:
+                raise Bad("UID EXPUNGE needs a UID set")
+            uids = [info.uid for _, info in self.messages_for(args[0], True)]
+        elif args:
+            raise Bad("EXPUNGE takes no arguments")
+        self._writable()
+        try:
+            await self.session.expunge(uids if uid else None)
+        except StoreError as e:
+            raise No(store_refusal(e)) from None
+        # The EXPUNGE responses come from the sync after the command.
+        return "UID EXPUNGE completed" if uid else "EXPUNGE completed"
+
+    # UID
+
+    def cmd_UID(self, tag: bytes, args: list[Token]) -> Any:
+        if not args or not isinstance(args[0], Atom):
+            raise Bad("UID needs a command")
+        sub = args[0].upper()
+        handler = {b"FETCH": self.cmd_FETCH, b"STORE": self.cmd_STORE,
+                   b"COPY": self.cmd_COPY, b"MOVE": self.cmd_MOVE,
+                   b"EXPUNGE": self.cmd_EXPUNGE,
+                   b"SEARCH": getattr(self, "cmd_SEARCH", None)}.get(sub)
+        if handler is None:
+            raise Bad("unknown UID command")
+        return handler(tag, args[1:], uid=True)
