@@ -227,6 +227,14 @@ class IFolderSession(Interface):
         """@return: L{Deferred} firing with a binary file object positioned
         at 0 (the caller closes it); errback L{NoSuchMessage}."""
 
+    def read_message(uid):  # type: ignore[no-untyped-def]
+        """
+        The whole message, read off the reactor thread (IMAP FETCH and
+        SEARCH; POP3 streams with L{open_message} instead).
+
+        @return: L{Deferred} firing with C{bytes}; errback L{NoSuchMessage}.
+        """
+
     def append(message, flags=(), internal_date=None):  # type: ignore[no-untyped-def]
         """Add a message (IMAP APPEND); durable before firing.
         @return: L{Deferred} firing with its UID."""

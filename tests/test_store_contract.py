@@ -275,6 +275,14 @@ class StoreContract:
 
     def test_open_message_unknown(self) -> None:
         self.failureResultOf(self.open().open_message(5), NoSuchMessage)
+        self.failureResultOf(self.open().read_message(5), NoSuchMessage)
+
+    def test_read_message_is_open_and_read(self) -> None:
+        self.deliver()
+        session = self.open()
+        uid = self.uids(session)[0]
+        self.assertEqual(self.ok(session.read_message(uid)), self.read(session, uid))
+        self.assertTrue(self.ok(session.read_message(uid)).endswith(b"\r\n"))
 
     def test_append(self) -> None:
         session = self.open("Drafts")

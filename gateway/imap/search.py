@@ -270,13 +270,9 @@ class SearchCommand:
             c = Candidate(seq, info, info.uid in session.recent, len(messages), largest_uid)
             if query.needs_body:
                 try:
-                    f = await session.open_message(info.uid)
+                    c.part = mime.parse(await session.read_message(info.uid))
                 except NoSuchMessage:
                     continue
-                try:
-                    c.part = mime.parse(f.read())
-                finally:
-                    f.close()
             if query.test(c):
                 found.append(info.uid if uid else seq)
         self.untagged(" ".join(["SEARCH", *map(str, found)]))

@@ -78,13 +78,9 @@ class SelectedCommands:
             data = None
             if body:
                 try:
-                    f = await session.open_message(info.uid)
+                    data = await session.read_message(info.uid)  # read in a thread
                 except NoSuchMessage:
                     continue  # expunged by another session meanwhile
-                try:
-                    data = f.read()
-                finally:
-                    f.close()
             wanted = items
             if seen and "\\Seen" not in info.flags:
                 updated = await session.set_flags([info.uid], ["\\Seen"], "add")

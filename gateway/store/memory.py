@@ -339,6 +339,10 @@ class MemorySession:
         body = self._folder.bodies.get(uid)
         return fail(NoSuchMessage(uid)) if body is None else succeed(BytesIO(body))
 
+    def read_message(self, uid: int) -> Deferred[bytes]:
+        body = self._folder.bodies.get(uid)
+        return fail(NoSuchMessage(uid)) if body is None else succeed(body)
+
     def append(self, message: bytes | str, flags: Iterable[str] = (),
                internal_date: float | None = None) -> Deferred[int]:
         body = self._store._body(message)

@@ -161,6 +161,13 @@ class MaildirSession:
     def open_message(self, uid: int) -> Deferred[IO[bytes]]:
         return self._op(lambda acct: self._live(acct).open(uid))
 
+    def read_message(self, uid: int) -> Deferred[bytes]:
+        def read(acct: _Account) -> bytes:
+            with self._live(acct).open(uid) as f:
+                return f.read()
+
+        return self._op(read)
+
     def append(self, message: bytes | str, flags: Iterable[str] = (),
                internal_date: float | None = None) -> Deferred[int]:
         if self._closed:
