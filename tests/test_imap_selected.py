@@ -16,8 +16,8 @@ class FetchTests(SynchronousTestCase):
     def test_index_items_do_not_open_messages(self) -> None:
         proto, t, _ = selected((SIMPLE, MULTIPART))
         opened = []
-        real = proto.session.open_message
-        proto.session.open_message = lambda uid: (opened.append(uid), real(uid))[1]
+        real = proto.session.read_message
+        proto.session.read_message = lambda uid: (opened.append(uid), real(uid))[1]
         self.assertEqual(send(proto, t, b"a FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE)"), [
             b'* 1 FETCH (FLAGS (\\Recent) UID 1 RFC822.SIZE 169 '
             b'INTERNALDATE "09-Sep-2001 01:46:40 +0000")',
