@@ -120,7 +120,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
                 peer=self.peer,
             )
             self.reply_busy()
-            self.transport.loseConnection()
+            self.disconnect()
             return
         factory.connections.add(self)
         self.encrypted = self.context.listener.tls == "implicit"
@@ -193,6 +193,8 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
     # Lines
 
     def lineReceived(self, line: bytes) -> Any:
+        if self.transport.disconnecting:
+            return None  # closing: nothing more is run
         if self.tls_pending:
             # Belt and braces: nothing may be processed between the upgrade
             # reply and the handshake.
@@ -220,7 +222,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
 
     def lineLengthExceeded(self, line: bytes) -> Any:
         self.reply_line_too_long()
-        self.transport.loseConnection()
+        self.disconnect()
         return None
 
     def timeoutConnection(self) -> None:
@@ -230,7 +232,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             peer=self.peer,
         )
         self.reply_timeout()
-        self.transport.loseConnection()
+        self.disconnect()
 
     def count_bad_command(self) -> bool:
         """
@@ -241,7 +243,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         """
         self.bad_commands += 1
         if self.bad_commands >= self.context.limits.max_bad_commands:
-            self.transport.loseConnection()
+            self.disconnect()
             return True
         return False
 
@@ -286,7 +288,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         this to finish it first.
         """
         self.reply_shutdown()
-        self.transport.loseConnection()
+        self.disconnect()
 
     # Authentication
 
@@ -379,10 +381,27 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             self.resumeProducing()
         return result
 
+    def disconnect(self) -> None:
+        """
+        Close once what was written is sent, and run no further command.
+
+        If reading is paused (a command in progress), it is resumed first: a
+        TLS transport must read the peer's close_notify to finish closing,
+        or the connection, its slot in the factory and its descriptor linger
+        (found by real clients on the implicit-TLS listeners).
+        """
+        if self.transport is None or self.transport.disconnecting:
+            return
+        self._buffer = b""
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+        self.transport.loseConnection()
+
     def _internal_error(self, failure: Failure) -> None:
         self.log.failure("{listener}: internal error", failure,
                          listener=self.context.listener.name)
-        self.transport.loseConnection()
+        self.disconnect()
 
     def login_password(self, user: bytes, password: bytes, interface: Any) -> Deferred[Outcome]:
         """USER/PASS and IMAP LOGIN, through the same portal and throttle."""

@@ -150,7 +150,7 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
                 # RFC 7888 section 4: the data is on its way; close instead
                 # of reading it.
                 self.untagged("BYE [TOOBIG] literal too large")
-                self.transport.loseConnection()
+                self.disconnect()
             else:
                 self.tagged(tag, "NO", "[TOOBIG] literal too large")
             return None
@@ -341,7 +341,7 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
         self.untagged("BYE logging out")
         self.tagged(tag, "OK", "LOGOUT completed")
         self.state = "LOGOUT"
-        self.transport.loseConnection()
+        self.disconnect()
 
     # Not authenticated
 
@@ -403,7 +403,7 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
             self.tagged(tag, "NO", "[AUTHENTICATIONFAILED] authentication failed")
         if self.too_many_auth_failures:
             self.untagged("BYE too many authentication failures")
-            self.transport.loseConnection()
+            self.disconnect()
 
 
 class IMAPFactory(ConnectionLimitingFactory):

@@ -234,7 +234,7 @@ class POP3Server(LineProtocol):
         else:
             self.send(ERR, "[AUTH] authentication failed")
         if self.too_many_auth_failures:
-            self.transport.loseConnection()
+            self.disconnect()
 
     def _open_maildrop(self, account: str) -> Any:
         store = self.context.extras.get("store")
@@ -379,7 +379,7 @@ class POP3Server(LineProtocol):
         maildrop, self.maildrop = self.maildrop, None
         if maildrop is None:
             self.send(OK, "bye")
-            self.transport.loseConnection()
+            self.disconnect()
             return None
         # The UPDATE state (RFC 1939 section 6): all deletions at once.
         self.state = "UPDATE"
@@ -393,7 +393,7 @@ class POP3Server(LineProtocol):
             self.send(ERR, "[SYS/TEMP] some deleted messages not removed")
 
         d = maildrop.commit().addCallbacks(done, failed)
-        d.addBoth(lambda _: (maildrop.close(), self.transport.loseConnection()))
+        d.addBoth(lambda _: (maildrop.close(), self.disconnect()))
         return self.serialize(d)
 
     def connectionLost(self, reason: Any = None) -> None:

@@ -181,7 +181,7 @@ class SMTPServer(LineProtocol):
             self.reply(535, "5.7.8", "authentication credentials invalid")
         if self.too_many_auth_failures:
             self.reply(421, "4.7.0", f"{self.context.hostname} too many authentication failures")
-            self.transport.loseConnection()
+            self.disconnect()
 
     def do_NOOP(self, arg: bytes) -> None:
         self.reply(250, "2.0.0", "OK")
@@ -233,7 +233,7 @@ class SMTPServer(LineProtocol):
         decision = check_sender(self.services.policy, self.services.book, self.session(), sender)
         self.reply(decision.code, decision.enhanced, decision.text)
         if decision.close:
-            self.transport.loseConnection()
+            self.disconnect()
         if decision.accept:
             self.envelope = Envelope(
                 sender=sender, helo=self.helo.decode("utf-8", "replace"), client=self.peer,
@@ -255,6 +255,11 @@ class SMTPServer(LineProtocol):
             elif key == "SMTPUTF8":
                 if value is not None:
                     raise AddressError(501, "5.5.4", "SMTPUTF8 takes no value")
+            elif key == "AUTH":
+                # RFC 4954 section 5: the original submitter, as xtext.  We
+                # accept it and trust only our own AUTH, so it is not used.
+                if not value:
+                    raise AddressError(501, "5.5.4", "AUTH= needs a value")
             else:
                 raise AddressError(555, "5.5.4", f"unsupported parameter {key}")
 
@@ -329,7 +334,7 @@ class SMTPServer(LineProtocol):
 
     def do_QUIT(self, arg: bytes) -> None:
         self.reply(221, "2.0.0", f"{self.context.hostname} closing connection")
-        self.transport.loseConnection()
+        self.disconnect()
 
 
 class SMTPFactory(ConnectionLimitingFactory):
