@@ -123,6 +123,15 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             self.disconnect()
             return
         factory.connections.add(self)
+        # Replies are written whole; Nagle would hold a short last segment
+        # (POP3's ".\r\n", a reply after a pipelined command) until the
+        # client's delayed ACK: about 40 ms per exchange.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            try:
+                no_delay(True)
+            except Exception:  # not a TCP socket (UNIX, systemd pipes)
+                pass
         self.encrypted = self.context.listener.tls == "implicit"
         self.log.info(
             "{listener}: connection from {peer}",

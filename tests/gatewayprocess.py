@@ -108,13 +108,33 @@ default_domain = "example.test"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> None:
-        self._logfile = self.log.open("wb")
-        self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "mailgateway", "--config", str(self.config)],
-            stdout=self._logfile, stderr=subprocess.STDOUT, env=environment(), cwd=self.dir,
-        )
-        if wait:
-            self.wait_ready()
+        for attempt in range(3):
+            self._logfile = self.log.open("wb")
+            self.process = subprocess.Popen(
+                [TWISTD, "-n", "--pidfile=", "mailgateway", "--config", str(self.config)],
+                stdout=self._logfile, stderr=subprocess.STDOUT, env=environment(), cwd=self.dir,
+            )
+            if not wait:
+                return
+            try:
+                self.wait_ready()
+                return
+            except RuntimeError:
+                # Free ports are picked before the gateway binds them: a test
+                # running in parallel may have taken one meanwhile.  Only
+                # that case is retried, with new ports.
+                if "cannot listen" not in self.log.read_text() or attempt == 2:
+                    raise
+                self._logfile.close()
+                self._new_ports()
+
+    def _new_ports(self) -> None:
+        fresh = {name: free_port() for name in self.ports}
+        text = self.config.read_text()
+        for name, port in self.ports.items():
+            text = text.replace(f"tcp:{port}:", f"tcp:{fresh[name]}:")
+        self.config.write_text(text)
+        self.ports = fresh
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

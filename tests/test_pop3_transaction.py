@@ -58,8 +58,11 @@ class POP3TransactionTests(SynchronousTestCase):
         send(proto, t, b"RETR 1\r\n")
         self.assertEqual(t.value(), b"+OK %d octets\r\n" % len(ONE)
                          + ONE.replace(b"\r\n.leading", b"\r\n..leading") + b".\r\n")
+        # \Seen is written once, when the session ends (also when dropped).
+        proto.connectionLost(None)
         session = self.successResultOf(self.store.open_folder("bob@example.edu", "INBOX"))
         self.assertIn("\\Seen", session.messages()[0].flags)
+        self.assertNotIn("\\Seen", session.messages()[1].flags)
 
     def test_top(self) -> None:
         proto, t = self.login()

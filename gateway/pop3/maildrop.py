@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 
 from gateway.interfaces import IFolderSession, IMailStore
 from gateway.store.model import MessageInfo
+
+_log = Logger()
 
 
 class Maildrop:
@@ -26,6 +29,7 @@ class Maildrop:
         self._release: Callable[[], Any] | None = release
         self.messages: list[MessageInfo] = list(session.messages())
         self.deleted: set[int] = set()
+        self.retrieved: set[int] = set()  # message numbers sent whole (RETR)
 
     @classmethod
     def open(cls, store: IMailStore, account: str) -> Deferred[Maildrop]:
@@ -60,11 +64,26 @@ class Maildrop:
             d.callback([])
         return d
 
-    def close(self) -> None:
-        """End the session and release the lock (idempotent)."""
+    def close(self) -> Deferred[None]:
+        """
+        Mark the retrieved messages \\Seen (once, at the end, as Dovecot
+        does: one index write instead of one per RETR), end the session and
+        release the lock.  Idempotent.
+        """
         release, self._release = self._release, None
-        if release is not None:
+        if release is None:
+            return succeed(None)
+        seen = [self.messages[i - 1].uid for i in sorted(self.retrieved - self.deleted)
+                if "\\Seen" not in self.messages[i - 1].flags]
+        d: Deferred[Any] = succeed(None)
+        if seen and not self.session.readonly:
+            d = self.session.set_flags(seen, ["\\Seen"], "add")
+            d.addErrback(lambda f: _log.failure("marking retrieved messages seen", f))
+
+        def finish(_: Any) -> None:
             try:
                 self.session.close()
             finally:
                 release()
+
+        return d.addBoth(finish)

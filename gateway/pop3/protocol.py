@@ -337,10 +337,8 @@ class POP3Server(LineProtocol):
         found = self._message(maildrop, rest.strip()) if maildrop is not None else None
         if maildrop is None or found is None:
             return None
-        info = found[1]
-        if "\\Seen" not in info.flags and not maildrop.session.readonly:
-            seen = maildrop.session.set_flags([info.uid], ["\\Seen"], "add")
-            seen.addErrback(lambda f: self.log.failure("marking {uid} seen", f, uid=info.uid))
+        number, info = found
+        maildrop.retrieved.add(number)  # marked \\Seen when the session ends
         return self._send_message(maildrop, info.uid, f"{info.size} octets", None)
 
     def do_TOP(self, rest: bytes) -> Any:
@@ -393,7 +391,8 @@ class POP3Server(LineProtocol):
             self.send(ERR, "[SYS/TEMP] some deleted messages not removed")
 
         d = maildrop.commit().addCallbacks(done, failed)
-        d.addBoth(lambda _: (maildrop.close(), self.disconnect()))
+        d.addBoth(lambda _: maildrop.close())
+        d.addBoth(lambda _: self.disconnect())
         return self.serialize(d)
 
     def connectionLost(self, reason: Any = None) -> None:

@@ -38,6 +38,12 @@ class Stuffer:
     def feed(self, chunk: bytes) -> bytes:
         if self.done or not chunk:
             return b""
+        if self.body_lines is None:
+            # RETR: stuffing is one replace over the chunk (the store keeps
+            # CRLF line ends, so every line start follows a LF).
+            head = b"." if self.at_line_start and chunk[:1] == b"." else b""
+            self.at_line_start = chunk.endswith(b"\n")
+            return head + chunk.replace(b"\n.", b"\n..")
         out = bytearray()
         start, n = 0, len(chunk)
         while start < n:
