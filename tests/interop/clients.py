@@ -33,7 +33,8 @@ from twisted.trial.unittest import SkipTest
 
 #: What C{make test} must install for these tests (C{--no-install-recommends}
 #: keeps cyrus-imapd and an MTA out).
-DEBIAN_PACKAGES = ("gsasl", "cyrus-clients", "libsasl2-modules", "libsasl2-modules-otp")
+DEBIAN_PACKAGES = ("gsasl", "cyrus-clients", "libsasl2-modules", "libsasl2-modules-otp",
+                   "libsasl2-modules-gssapi-mit")
 
 #: Program -> Debian package.
 PACKAGES = {
