@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from gateway.auth import usercli
-from tests.support import ROOT, free_port, make_certs
+from tests.support import ROOT, free_ports, make_certs
 
 #: The accounts every test gateway has: (account, password, legacy mechanisms).
 ACCOUNTS = (
@@ -66,7 +66,7 @@ class GatewayProcess:
         self.users = self.dir / "users.json"
         for account in ACCOUNTS:
             add_account(self.users, *account)
-        self.ports = ports or {name: free_port() for name in ROLES}
+        self.ports = ports or dict(zip(ROLES, free_ports(len(ROLES)), strict=True))
         listeners = "".join(
             f"""
 [[listener]]
@@ -123,13 +123,14 @@ default_domain = "example.test"
                 # Free ports are picked before the gateway binds them: a test
                 # running in parallel may have taken one meanwhile.  Only
                 # that case is retried, with new ports.
-                if "cannot listen" not in self.log.read_text() or attempt == 2:
+                log = self.log.read_text()
+                if ("cannot listen" not in log and "same address" not in log) or attempt == 2:
                     raise
                 self._logfile.close()
                 self._new_ports()
 
     def _new_ports(self) -> None:
-        fresh = {name: free_port() for name in self.ports}
+        fresh = dict(zip(self.ports, free_ports(len(self.ports)), strict=True))
         text = self.config.read_text()
         for name, port in self.ports.items():
             text = text.replace(f"tcp:{port}:", f"tcp:{fresh[name]}:")

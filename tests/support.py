@@ -28,9 +28,20 @@ def make_certs(directory: Path, *hostnames: str) -> certs.CertPaths:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """C{count} distinct free ports (all held open while choosing, so the
+    kernel cannot hand out one twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def config_text(cert_dir: Path, state_dir: Path, listeners: str, extra: str = "") -> str:
