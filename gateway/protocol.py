@@ -214,7 +214,12 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             self._pause()
             self.exchange.respond(line)
             return None
-        return self.line_received(line)
+        # Never hand the handler's result (often a Deferred) back to
+        # LineReceiver: a true value there means "stop processing the
+        # buffer", which would strand pipelined commands after one answered
+        # at once.
+        self.line_received(line)
+        return None
 
     def serialize(self, d: Deferred[Any]) -> Deferred[Any]:
         """

@@ -649,3 +649,29 @@ class LockTests(MaildirTestCase):
         self.ok(session.close())
         self.assertFalse(self.store._poller.running)
         self.failureResultOf(session.sync(), RuntimeError)
+
+
+class OpenMessageTests(MaildirTestCase):
+    """open_message's unlocked fast path, and its fallback when a file moved."""
+
+    def test_reads_without_the_account_lock(self) -> None:
+        self.ok(self.store.deliver([ALICE], MESSAGE))
+        session = self.open()
+        uid = session.messages()[0].uid
+        with self.ok(session.open_message(uid)) as f:
+            self.assertEqual(f.read(), self.ok(session.read_message(uid)))
+
+    def test_file_moved_by_another_program(self) -> None:
+        self.ok(self.store.deliver([ALICE], MESSAGE))
+        session = self.open()
+        uid = session.messages()[0].uid
+        with self.ok(session.open_message(uid)) as f:
+            before = f.read()
+        # Another Maildir program marks it seen: the file is renamed.
+        for sub in ("new", "cur"):
+            for name in os.listdir(os.path.join(self.inbox, sub)):
+                base = name.split(":2,")[0]
+                os.rename(os.path.join(self.inbox, sub, name),
+                          os.path.join(self.inbox, "cur", base + ":2,S"))
+        with self.ok(session.open_message(uid)) as f:
+            self.assertEqual(f.read(), before)

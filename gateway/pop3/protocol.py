@@ -32,6 +32,9 @@ from gateway.protocol import ConnectionLimitingFactory, LineProtocol
 from gateway.store.model import MailboxInUse, MessageInfo
 
 OK = b"+OK"
+#: Messages up to this size are sent with one read and one write; larger
+#: ones are streamed through a producer, never whole in memory.
+SMALL_MESSAGE = 256 * 1024
 
 
 def uidl(key: str) -> str:
@@ -318,12 +321,22 @@ class POP3Server(LineProtocol):
         self._listing(rest, "unique-id listing follows", lambda m: uidl(m.key))
 
     def _send_message(self, maildrop: Maildrop, uid: int, size_line: str,
-                      body_lines: int | None) -> Any:
+                      body_lines: int | None, size: int) -> Any:
         d = maildrop.session.open_message(uid)
 
         def stream(file: Any) -> Any:
+            stuffer = Stuffer(body_lines)
+            if size <= SMALL_MESSAGE:
+                # One read (as the producer's first would be) and one write:
+                # no producer round trip per message when a client
+                # pipelines many RETRs.
+                with file:
+                    data = stuffer.feed(file.read())
+                self.transport.write(b"".join((OK, b" ", size_line.encode("ascii"), b"\r\n",
+                                               data, stuffer.finish())))
+                return None
             self.send(OK, size_line)
-            return MessageProducer(file, self.transport, Stuffer(body_lines)).start()
+            return MessageProducer(file, self.transport, stuffer).start()
 
         def failed(failure: Any) -> None:
             self.log.failure("{listener}: reading message {uid}", failure,
@@ -339,7 +352,7 @@ class POP3Server(LineProtocol):
             return None
         number, info = found
         maildrop.retrieved.add(number)  # marked \\Seen when the session ends
-        return self._send_message(maildrop, info.uid, f"{info.size} octets", None)
+        return self._send_message(maildrop, info.uid, f"{info.size} octets", None, info.size)
 
     def do_TOP(self, rest: bytes) -> Any:
         maildrop = self._maildrop()
@@ -353,7 +366,8 @@ class POP3Server(LineProtocol):
         found = self._message(maildrop, parts[0])
         if found is None:
             return None
-        return self._send_message(maildrop, found[1].uid, "top of message follows", count)
+        return self._send_message(maildrop, found[1].uid, "top of message follows", count,
+                                  found[1].size)
 
     def do_DELE(self, rest: bytes) -> None:
         maildrop = self._maildrop()
