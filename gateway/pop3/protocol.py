@@ -404,8 +404,11 @@ class POP3Server(LineProtocol):
                              listener=self.context.listener.name)
             self.send(ERR, "[SYS/TEMP] some deleted messages not removed")
 
-        d = maildrop.commit().addCallbacks(done, failed)
-        d.addBoth(lambda _: maildrop.close())
+        def close_then(result: Any) -> Any:
+            # The seen flags and the lock too, before the client hears +OK.
+            return maildrop.close().addCallback(lambda _: result)
+
+        d = maildrop.commit().addBoth(close_then).addCallbacks(done, failed)
         d.addBoth(lambda _: self.disconnect())
         return self.serialize(d)
 
