@@ -322,28 +322,28 @@ class POP3Server(LineProtocol):
 
     def _send_message(self, maildrop: Maildrop, uid: int, size_line: str,
                       body_lines: int | None, size: int) -> Any:
-        d = maildrop.session.open_message(uid)
-
-        def stream(file: Any) -> Any:
-            stuffer = Stuffer(body_lines)
-            if size <= SMALL_MESSAGE:
-                # One read (as the producer's first would be) and one write:
-                # no producer round trip per message when a client
-                # pipelines many RETRs.
-                with file:
-                    data = stuffer.feed(file.read())
+        stuffer = Stuffer(body_lines)
+        if size <= SMALL_MESSAGE:
+            # Read whole in the store's thread, written at once: no producer
+            # round trip per message when a client pipelines many RETRs.
+            def whole(data: bytes) -> None:
                 self.transport.write(b"".join((OK, b" ", size_line.encode("ascii"), b"\r\n",
-                                               data, stuffer.finish())))
-                return None
-            self.send(OK, size_line)
-            return MessageProducer(file, self.transport, stuffer).start()
+                                               stuffer.feed(data), stuffer.finish())))
+
+            d: Any = maildrop.session.read_message(uid).addCallback(whole)
+        else:
+            def stream(file: Any) -> Any:
+                self.send(OK, size_line)
+                return MessageProducer(file, self.transport, stuffer).start()
+
+            d = maildrop.session.open_message(uid).addCallback(stream)
 
         def failed(failure: Any) -> None:
             self.log.failure("{listener}: reading message {uid}", failure,
                              listener=self.context.listener.name, uid=uid)
             self.send(ERR, "[SYS/TEMP] cannot read the message")
 
-        return self.serialize(d.addCallback(stream).addErrback(failed))
+        return self.serialize(d.addErrback(failed))
 
     def do_RETR(self, rest: bytes) -> Any:
         maildrop = self._maildrop()

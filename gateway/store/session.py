@@ -158,35 +158,43 @@ class MaildirSession:
             return changes
         return self._op(sync)
 
-    def open_message(self, uid: int) -> Deferred[IO[bytes]]:
+    def _unlocked(self, uid: int, work: Callable[[str], Any],
+                  locked: Callable[[_Account], Any]) -> Deferred[Any]:
         """
-        Fast path: open the file where the index last saw it, in a worker
-        thread but without the account's lock and transaction (POP3 RETR of
-        many messages queued behind them).  The lookup reads two dicts whose
-        values are immutable tuples; if the file moved meanwhile (a flag
-        change, another program) or needs converting, the locked path
-        refreshes and retries.
+        Run C{work(path)} in a worker thread on the file where the index last
+        saw message C{uid}, without the account's lock and transaction (POP3
+        RETR and IMAP FETCH of many messages queued behind them).  The lookup
+        reads two dicts whose values are immutable tuples; if the file moved
+        meanwhile (a flag change, another program) or needs converting,
+        C{locked} runs the locked path, which refreshes and retries.
         """
         state = self._state
         place = state.place.get(uid) if not (state.stale or state.gone) else None
         info = state.infos.get(uid)
         if self._closed or place is None or info is None or place[2]:
-            return self._op(lambda acct: self._live(acct).open(uid))
+            return self._op(locked)
         path = os.path.join(state.path, place[0], file_name(info.key, place[1]))
 
-        def moved(failure: Any) -> Deferred[IO[bytes]]:
+        def moved(failure: Any) -> Deferred[Any]:
             failure.trap(FileNotFoundError)
-            return self._op(lambda acct: self._live(acct).open(uid))
+            return self._op(locked)
 
-        d: Deferred[IO[bytes]] = self._store._run(self._store.fs.open_read, path)
-        return d.addErrback(moved)
+        return self._store._run(work, path).addErrback(moved)
+
+    def open_message(self, uid: int) -> Deferred[IO[bytes]]:
+        return self._unlocked(uid, self._store.fs.open_read,
+                              lambda acct: self._live(acct).open(uid))
 
     def read_message(self, uid: int) -> Deferred[bytes]:
-        def read(acct: _Account) -> bytes:
+        def read_path(path: str) -> bytes:
+            with self._store.fs.open_read(path) as f:
+                return f.read()
+
+        def read_locked(acct: _Account) -> bytes:
             with self._live(acct).open(uid) as f:
                 return f.read()
 
-        return self._op(read)
+        return self._unlocked(uid, read_path, read_locked)
 
     def append(self, message: bytes | str, flags: Iterable[str] = (),
                internal_date: float | None = None) -> Deferred[int]:
