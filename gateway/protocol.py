@@ -36,7 +36,7 @@ from zope.interface import implementer
 from gateway.auth.checkers import PlainPasswordCredentials
 from gateway.auth.sasl import registry
 from gateway.auth.sasl.base import SASLContext
-from gateway.auth.sasl.exchange import Exchange, LoggedIn, Outcome, Refused
+from gateway.auth.sasl.exchange import Exchange, LoggedIn, Outcome, portal_login
 from gateway.config import Limits, Listener
 from gateway.interfaces import IAuthBackend
 from gateway.tls import ServerTLS, connection_info
@@ -417,30 +417,18 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
                          listener=self.context.listener.name)
         self.disconnect()
 
+    def login(self, credentials: Any, interface: Any, mechanism: str) -> Deferred[Outcome]:
+        """A login without SASL (USER/PASS, IMAP LOGIN, APOP), through the
+        same portal and throttle."""
+        d = portal_login(self.context.portal, credentials, interface, mechanism)
+        return d.addCallback(self._authenticated)
+
     def login_password(self, user: bytes, password: bytes, interface: Any) -> Deferred[Outcome]:
-        """USER/PASS and IMAP LOGIN, through the same portal and throttle."""
+        """USER/PASS and IMAP LOGIN."""
         credentials = PlainPasswordCredentials(
             user, password, self.peer, self.context.is_trusted(self.peer)
         )
-        d = self.context.portal.login(credentials, None, interface)
-
-        def ok(result: tuple[Any, Any, Callable[[], None]]) -> Outcome:
-            _, avatar, logout = result
-            return LoggedIn(getattr(avatar, "account", str(avatar)), avatar, logout, "PASSWORD")
-
-        def refused(failure: Failure) -> Outcome:
-            from twisted.cred.error import UnauthorizedLogin
-
-            from gateway.auth.checkers import TemporarilyRefused
-
-            if failure.check(TemporarilyRefused):
-                return Refused(temporary=True)
-            if failure.check(UnauthorizedLogin):
-                return Refused()
-            self.log.failure("password login failed internally", failure)
-            return Refused(temporary=True)
-
-        return d.addCallbacks(ok, refused).addCallback(self._authenticated)
+        return self.login(credentials, interface, "PASSWORD")
 
     def _authenticated(self, outcome: Outcome) -> Outcome:
         self.exchange = None

@@ -140,8 +140,17 @@ class AuthAttempt:
     trusted: bool = False
 
 
+class _ThrottledChecker:
+    """What the three checkers share: the directory and the one login path."""
+
+    def __init__(self, backend: IAuthBackend, throttle: Throttle, *,
+                 canonical: Callable[[str], str] | None = None) -> None:
+        self._backend = backend
+        self._login = ThrottledLogin(throttle, canonical)
+
+
 @implementer(ICredentialsChecker)
-class SASLOutcomeChecker:
+class SASLOutcomeChecker(_ThrottledChecker):
     """
     Turns a SASL outcome into a login.  A L{Proven} step is accepted only if
     its account (and the authzid it acts for, if any) is still enabled; the
@@ -149,11 +158,6 @@ class SASLOutcomeChecker:
     """
 
     credentialInterfaces = (IAuthAttempt,)
-
-    def __init__(self, backend: IAuthBackend, throttle: Throttle, *,
-                 canonical: Callable[[str], str] | None = None) -> None:
-        self._backend = backend
-        self._login = ThrottledLogin(throttle, canonical)
 
     def requestAvatarId(self, credentials: AuthAttempt) -> Deferred[str]:
         step = credentials.step
@@ -199,7 +203,7 @@ class APOPCredentials:
 
 
 @implementer(ICredentialsChecker)
-class APOPChecker:
+class APOPChecker(_ThrottledChecker):
     """
     Verifies C{MD5(timestamp + secret)} against the legacy secret of an
     account for which the operator enabled APOP.  Any other account is
@@ -207,11 +211,6 @@ class APOPChecker:
     """
 
     credentialInterfaces = (IAPOPCredentials,)
-
-    def __init__(self, backend: IAuthBackend, throttle: Throttle, *,
-                 canonical: Callable[[str], str] | None = None) -> None:
-        self._backend = backend
-        self._login = ThrottledLogin(throttle, canonical)
 
     def requestAvatarId(self, credentials: APOPCredentials) -> Deferred[str]:
         name = _text(credentials.username) or ""
@@ -250,15 +249,10 @@ class PlainPasswordCredentials:
 
 
 @implementer(ICredentialsChecker)
-class PlainPasswordChecker:
+class PlainPasswordChecker(_ThrottledChecker):
     """Checks a password with L{IAuthBackend.check_password}."""
 
     credentialInterfaces = (IPlainPasswordCredentials,)
-
-    def __init__(self, backend: IAuthBackend, throttle: Throttle, *,
-                 canonical: Callable[[str], str] | None = None) -> None:
-        self._backend = backend
-        self._login = ThrottledLogin(throttle, canonical)
 
     def requestAvatarId(self, credentials: PlainPasswordCredentials) -> Deferred[str]:
         name = _text(credentials.username) or ""

@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.auth.checkers import APOPCredentials, TemporarilyRefused
+from gateway.auth.checkers import APOPCredentials
 from gateway.auth.realm import IAuthenticatedUser
-from gateway.auth.sasl.exchange import LoggedIn, Outcome, Refused
+from gateway.auth.sasl.exchange import LoggedIn, Outcome
 from gateway.pop3.maildrop import Maildrop
 from gateway.pop3.transfer import MessageProducer, Stuffer
 from gateway.protocol import ConnectionLimitingFactory, LineProtocol
@@ -193,18 +193,8 @@ class POP3Server(LineProtocol):
         name, digest = parts
         credentials = APOPCredentials(name, self.apop_timestamp, digest.lower(), self.peer,
                                       self.context.is_trusted(self.peer))
-        d = self.context.portal.login(credentials, None, IAuthenticatedUser)
-
-        def ok(result: Any) -> Outcome:
-            _, avatar, logout = result
-            return LoggedIn(avatar.account, avatar, logout, "APOP")
-
-        def refused(failure: Any) -> Outcome:
-            return Refused(temporary=bool(failure.check(TemporarilyRefused)))
-
-        d.addCallbacks(ok, refused).addCallback(self._authenticated)
-        d.addCallback(self._login_finished)
-        return self.serialize(d)
+        d = self.login(credentials, IAuthenticatedUser, "APOP")
+        return self.serialize(d.addCallback(self._login_finished))
 
     def do_AUTH(self, rest: bytes) -> None:
         if not self._in_authorization():

@@ -63,6 +63,30 @@ class Refused:
 Outcome = LoggedIn | Refused
 
 
+def portal_login(portal: Portal, credentials: Any, interface: Any, mechanism: str,
+                 malformed: bool = False) -> Deferred[Outcome]:
+    """
+    Log in through the portal and say how it ended, the one way every
+    protocol needs it: L{LoggedIn}, or L{Refused} (temporary for a ban or a
+    server problem, which is logged; never an errback).
+    """
+
+    def ok(result: tuple[Any, Any, Callable[[], None]]) -> Outcome:
+        _, avatar, logout = result
+        return LoggedIn(getattr(avatar, "account", str(avatar)), avatar, logout, mechanism)
+
+    def refused(failure: Failure) -> Outcome:
+        if failure.check(TemporarilyRefused):
+            return Refused(temporary=True)
+        if failure.check(UnauthorizedLogin):
+            return Refused(malformed=malformed)
+        log.failure("{mech} login failed internally", failure, mech=mechanism)
+        return Refused(temporary=True)
+
+    d: Deferred[Outcome] = portal.login(credentials, None, interface).addCallbacks(ok, refused)
+    return d
+
+
 def decode_initial(argument: bytes | None) -> bytes | None:
     """
     An initial response as sent on the command line (RFC 4954 section 4,
@@ -162,23 +186,5 @@ class Exchange:
 
     def _finish_step(self, step: Proven | Failed, framing: bool = False) -> None:
         attempt = AuthAttempt(step, self.client_address, self.trusted)
-        d = self.portal.login(attempt, None, self.interface)
-        malformed = framing
-
-        def ok(result: tuple[Any, Any, Callable[[], None]]) -> None:
-            _, avatar, logout = result
-            account = getattr(avatar, "account", str(avatar))
-            log.info("{mech} login of {account} from {address}", mech=self.mechanism.name,
-                     account=account, address=self.client_address)
-            self.done.callback(LoggedIn(account, avatar, logout, self.mechanism.name))
-
-        def refused(failure: Failure) -> None:
-            if failure.check(TemporarilyRefused):
-                self.done.callback(Refused(temporary=True))
-            elif failure.check(UnauthorizedLogin):
-                self.done.callback(Refused(malformed=malformed))
-            else:
-                log.failure("login failed internally", failure)
-                self.done.callback(Refused(temporary=True))
-
-        d.addCallbacks(ok, refused)
+        portal_login(self.portal, attempt, self.interface, self.mechanism.name,
+                     malformed=framing).addCallback(self.done.callback)
