@@ -6,12 +6,14 @@ Start the real gateway (C{twistd -n mailgateway}) in a child process on
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from gateway.auth import usercli
@@ -62,6 +64,10 @@ class GatewayProcess:
     def __init__(self, extra: str = "", ports: dict[str, int] | None = None,
                  auth: str = "", trusted: str = '["127.0.0.0/8", "::1/128"]') -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mailgateway-e2e-"))
+        if not os.environ.get("MAILGATEWAY_KEEP_E2E"):
+            # The directory goes with this object (or at exit at the
+            # latest), after the test has looked at the logs and Maildirs.
+            weakref.finalize(self, shutil.rmtree, str(self.dir), ignore_errors=True)
         self.certs = make_certs(self.dir / "certs", "localhost")
         self.users = self.dir / "users.json"
         for account in ACCOUNTS:
