@@ -56,11 +56,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gateway.config import ThrottleConfig
+
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 #: C{(address key, account)}; account C{None} is an address ban.
 BanKey = tuple[str, Union[str, None]]
 
 BANS_FILENAME = "auth-bans.json"
+#: The defaults live once, in the configuration's schema.
+_DEFAULTS = ThrottleConfig()
 _log = Logger()
 
 
@@ -83,14 +87,14 @@ class ThrottleSettings:
         accounts, bans); the least recently active are dropped first.
     """
 
-    free_failures: int = 3
-    delay_base: float = 2.0
-    delay_cap: float = 15.0
-    pair_ban_after: int = 10
-    pair_ban_seconds: float = 900.0
-    address_ban_after: int = 30
-    address_ban_seconds: float = 900.0
-    window_seconds: float = 3600.0
+    free_failures: int = _DEFAULTS.free_failures
+    delay_base: float = _DEFAULTS.delay_base
+    delay_cap: float = _DEFAULTS.delay_cap
+    pair_ban_after: int = _DEFAULTS.pair_ban_after
+    pair_ban_seconds: float = _DEFAULTS.ban_seconds
+    address_ban_after: int = _DEFAULTS.address_ban_after
+    address_ban_seconds: float = _DEFAULTS.ban_seconds
+    window_seconds: float = _DEFAULTS.window_seconds
     trusted_networks: tuple[Network, ...] = ()
     ipv6_prefix: int = 64
     max_tracked: int = 100_000
@@ -112,7 +116,8 @@ class ThrottleSettings:
             raise ValueError(f"invalid throttle settings: {', '.join(problems)}")
 
     @classmethod
-    def from_config(cls, config: Any, trusted_networks: Iterable[Network] = ()) -> ThrottleSettings:
+    def from_config(cls, config: ThrottleConfig,
+                    trusted_networks: Iterable[Network] = ()) -> ThrottleSettings:
         """From L{gateway.config.ThrottleConfig} (one C{ban_seconds} for both bans)."""
         return cls(free_failures=config.free_failures, delay_base=config.delay_base,
                    delay_cap=config.delay_cap, pair_ban_after=config.pair_ban_after,
