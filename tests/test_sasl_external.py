@@ -13,12 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.auth.sasl.base import Challenge, Failed, MechanismDone, Proven, SASLContext, Step
 from gateway.auth.sasl.external import MAX_AUTHZID, External
 from gateway.auth.sasl.registry import available
 from gateway.testing import MemoryAuthBackend
+from tests.sasl_support import MechanismTestCase
 
 
 def make_certificate(common_name: str) -> x509.Certificate:
@@ -59,23 +59,13 @@ def context(certificate: object | None = ALICE_CERT) -> SASLContext:
     )
 
 
-class ExternalTests(SynchronousTestCase):
-    def exchange(
+class ExternalTests(MechanismTestCase):
+    mechanism_name = "EXTERNAL"
+
+    def external(
         self, *messages: bytes | None, certificate: object | None = ALICE_CERT
     ) -> list[Step]:
-        mech = External(context(certificate))
-        first, *rest = messages
-        steps = [self.successResultOf(mech.start(first))]
-        for message in rest:
-            assert message is not None
-            steps.append(self.successResultOf(mech.step(message)))
-        return steps
-
-    def assertFailed(self, step: Step, malformed: bool = False) -> Failed:
-        self.assertIsInstance(step, Failed)
-        assert isinstance(step, Failed)
-        self.assertEqual((step.malformed, step.mechanism), (malformed, "EXTERNAL"), step)
-        return step
+        return self.exchange(External(context(certificate)), *messages)
 
     def test_properties(self) -> None:
         self.assertEqual(
@@ -92,44 +82,44 @@ class ExternalTests(SynchronousTestCase):
         """Started anyway without a certificate: a failure, never a login."""
         for initial in [None, b"", b"alice"]:
             with self.subTest(initial=initial):
-                self.assertFailed(self.exchange(initial, certificate=None)[0])
+                self.assertFailed(self.external(initial, certificate=None)[0])
 
     def test_empty_authzid(self) -> None:
-        self.assertEqual(self.exchange(b""), [Proven(authcid="alice", mechanism="EXTERNAL")])
+        self.assertEqual(self.external(b""), [Proven(authcid="alice", mechanism="EXTERNAL")])
 
     def test_no_initial_response(self) -> None:
         self.assertEqual(
-            self.exchange(None, b""),
+            self.external(None, b""),
             [Challenge(b""), Proven(authcid="alice", mechanism="EXTERNAL")],
         )
 
     def test_authzid_self(self) -> None:
-        self.assertEqual(self.exchange(b"alice"), [Proven(authcid="alice", mechanism="EXTERNAL")])
+        self.assertEqual(self.external(b"alice"), [Proven(authcid="alice", mechanism="EXTERNAL")])
 
     def test_authzid_allowed(self) -> None:
         self.assertEqual(
-            self.exchange(b"shared"),
+            self.external(b"shared"),
             [Proven(authcid="alice", mechanism="EXTERNAL", authzid="shared")],
         )
 
     def test_authzid_refused(self) -> None:
-        failed = self.assertFailed(self.exchange(b"bob")[0])
+        failed = self.assertFailed(self.external(b"bob")[0])
         self.assertEqual(failed.authcid, "alice")
         self.assertIn("may not act as", failed.reason)
 
     def test_unmapped_certificate(self) -> None:
         for authzid in [b"", b"alice"]:
             with self.subTest(authzid=authzid):
-                failed = self.assertFailed(self.exchange(authzid, certificate=STRANGER_CERT)[0])
+                failed = self.assertFailed(self.external(authzid, certificate=STRANGER_CERT)[0])
                 self.assertIn("no account", failed.reason)
 
     def test_not_a_certificate(self) -> None:
-        self.assertFailed(self.exchange(b"", certificate=object())[0])
+        self.assertFailed(self.external(b"", certificate=object())[0])
 
     def test_malformed_authzid(self) -> None:
         for authzid in [b"\xff", b"al\0ice", b"\x07", b"a" * (MAX_AUTHZID + 1)]:
             with self.subTest(authzid=authzid):
-                self.assertFailed(self.exchange(authzid)[0], malformed=True)
+                self.assertFailed(self.external(authzid)[0], malformed=True)
 
     def test_step_after_end(self) -> None:
         mech = External(context())
@@ -140,7 +130,7 @@ class ExternalTests(SynchronousTestCase):
     @given(st.binary(max_size=100))
     def test_random_authzid(self, authzid: bytes) -> None:
         """Random bytes never raise; they prove only a name alice may act as."""
-        step = self.exchange(authzid)[0]
+        step = self.external(authzid)[0]
         if isinstance(step, Proven):
             # The directory compares names case-insensitively.
             self.assertEqual(step.authcid, "alice")

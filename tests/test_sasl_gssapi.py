@@ -22,10 +22,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.auth.sasl import gssapi as module
-from gateway.auth.sasl.base import Challenge, Failed, MechanismDone, Proven, SASLContext, Step
+from gateway.auth.sasl.base import Challenge, Failed, MechanismDone, Proven, SASLContext
 from gateway.auth.sasl.gssapi import GSSAPI, realm_rule, split_principal
 from gateway.testing import MemoryAuthBackend
 from tests.krb5realm import isolate
+from tests.sasl_support import MechanismTestCase
 
 try:
     import gssapi
@@ -192,30 +193,19 @@ class PrincipalTests(SynchronousTestCase):
         self.assertIsNone(listed("alice@C.ORG", "C.ORG"))
 
 
-class ExchangeTests(SynchronousTestCase):
+class ExchangeTests(MechanismTestCase):
     """The exchange against the scripted stand-in."""
+
+    mechanism_name = "GSSAPI"
 
     def mechanism(self, script: list[tuple[bytes, bytes | None, bool]], **kw: Any) -> GSSAPI:
         fake_kw = {k: kw.pop(k) for k in ("principal", "anonymous") if k in kw}
         self.fake = fake_gssapi(script, **fake_kw)
         return GSSAPI(context(keytab=None), gssapi_module=self.fake, **kw)
 
-    def run_exchange(self, mech: GSSAPI, *messages: bytes | None) -> list[Step]:
-        first, *rest = messages
-        steps = [self.successResultOf(mech.start(first))]
-        for message in rest:
-            assert message is not None
-            steps.append(self.successResultOf(mech.step(message)))
-        return steps
-
-    def assertFailed(self, step: Step, malformed: bool = False) -> Failed:
-        self.assertIsInstance(step, Failed)
-        assert isinstance(step, Failed)
-        self.assertEqual((step.malformed, step.mechanism), (malformed, "GSSAPI"), step)
-        return step
 
     def test_one_round(self) -> None:
-        steps = self.run_exchange(self.mechanism(ONE_ROUND), b"AP-REQ", choose())
+        steps = self.exchange(self.mechanism(ONE_ROUND), b"AP-REQ", choose())
         self.assertEqual(steps, [Challenge(LAYERS_OFFERED), Proven("alice", "GSSAPI")])
         self.assertEqual(
             self.fake.credentials, [{"name": self.fake.credentials[0]["name"], "usage": "accept"}]
@@ -223,7 +213,7 @@ class ExchangeTests(SynchronousTestCase):
         self.assertEqual(str(self.fake.credentials[0]["name"]), "imap@mail.example.org")
 
     def test_mutual_token_then_empty_response(self) -> None:
-        steps = self.run_exchange(self.mechanism(MUTUAL), None, b"AP-REQ", b"", choose())
+        steps = self.exchange(self.mechanism(MUTUAL), None, b"AP-REQ", b"", choose())
         self.assertEqual(
             steps,
             [
@@ -235,14 +225,14 @@ class ExchangeTests(SynchronousTestCase):
         )
 
     def test_two_rounds(self) -> None:
-        steps = self.run_exchange(self.mechanism(TWO_ROUNDS), b"first", b"second", b"", choose())
+        steps = self.exchange(self.mechanism(TWO_ROUNDS), b"first", b"second", b"", choose())
         self.assertEqual(steps[0], Challenge(b"more"))
         self.assertEqual(steps[-1], Proven("alice", "GSSAPI"))
 
     def test_keytab(self) -> None:
-        self.run_exchange(self.mechanism(ONE_ROUND, keytab="/etc/imap.keytab"), b"AP-REQ")
+        self.exchange(self.mechanism(ONE_ROUND, keytab="/etc/imap.keytab"), b"AP-REQ")
         self.assertEqual(self.fake.credentials[0]["store"], {"keytab": "/etc/imap.keytab"})
-        step = self.run_exchange(self.mechanism(ONE_ROUND, keytab="/no/such/keytab"), b"AP-REQ")[0]
+        step = self.exchange(self.mechanism(ONE_ROUND, keytab="/no/such/keytab"), b"AP-REQ")[0]
         self.assertIn("server credentials", self.assertFailed(step).reason)
 
     def test_configured(self) -> None:
@@ -252,7 +242,7 @@ class ExchangeTests(SynchronousTestCase):
                           options={"gssapi.keytab": "/etc/imap.keytab",
                                    "gssapi.domain": "example.org"})
         mech = GSSAPI(ctx, gssapi_module=fake)
-        last = self.run_exchange(mech, b"AP-REQ", choose())[-1]
+        last = self.exchange(mech, b"AP-REQ", choose())[-1]
         self.assertEqual(fake.credentials[0]["store"], {"keytab": "/etc/imap.keytab"})
         self.assertIsInstance(last, (Proven, Failed))
 
@@ -263,9 +253,9 @@ class ExchangeTests(SynchronousTestCase):
         ]:
             with self.subTest(authzid=authzid):
                 mech = self.mechanism(ONE_ROUND)
-                steps = self.run_exchange(mech, b"AP-REQ", choose(authzid=authzid))
+                steps = self.exchange(mech, b"AP-REQ", choose(authzid=authzid))
                 self.assertEqual(steps[-1], expected)
-        steps = self.run_exchange(self.mechanism(ONE_ROUND), b"AP-REQ", choose(authzid=b"bob"))
+        steps = self.exchange(self.mechanism(ONE_ROUND), b"AP-REQ", choose(authzid=b"bob"))
         self.assertIn("may not act as", self.assertFailed(steps[-1]).reason)
 
     def test_mapping(self) -> None:
@@ -277,19 +267,19 @@ class ExchangeTests(SynchronousTestCase):
             return succeed("bob")
 
         mech = self.mechanism(ONE_ROUND, map_principal=lookup)
-        self.assertEqual(self.run_exchange(mech, b"AP-REQ", choose())[-1], Proven("bob", "GSSAPI"))
+        self.assertEqual(self.exchange(mech, b"AP-REQ", choose())[-1], Proven("bob", "GSSAPI"))
         self.assertEqual(seen, [("alice@EXAMPLE.ORG", "EXAMPLE.ORG")])
 
     def test_unmapped_principals(self) -> None:
         for principal in ["alice@EVIL.ORG", "alice/admin@EXAMPLE.ORG", "alice"]:
             with self.subTest(principal=principal):
                 mech = self.mechanism(ONE_ROUND, principal=principal)
-                failed = self.assertFailed(self.run_exchange(mech, b"AP-REQ", choose())[-1])
+                failed = self.assertFailed(self.exchange(mech, b"AP-REQ", choose())[-1])
                 self.assertEqual(failed.authcid, principal)
 
     def test_anonymous_refused(self) -> None:
         mech = self.mechanism(ONE_ROUND, anonymous=True)
-        self.assertIn("anonymous", self.assertFailed(self.run_exchange(mech, b"AP-REQ")[0]).reason)
+        self.assertIn("anonymous", self.assertFailed(self.exchange(mech, b"AP-REQ")[0]).reason)
 
     def test_error_raised_after_step(self) -> None:
         """
@@ -299,13 +289,13 @@ class ExchangeTests(SynchronousTestCase):
         """
         for script in (ONE_ROUND, TWO_ROUNDS):
             with self.subTest(script=script):
-                step = self.run_exchange(self.mechanism(script), b"replayed")[0]
+                step = self.exchange(self.mechanism(script), b"replayed")[0]
                 self.assertIn("Request is a replay", self.assertFailed(step).reason)
 
     def test_bad_tokens(self) -> None:
-        self.assertFailed(self.run_exchange(self.mechanism(ONE_ROUND), b"forged")[0])
-        self.assertFailed(self.run_exchange(self.mechanism(ONE_ROUND), b"")[0], malformed=True)
-        steps = self.run_exchange(self.mechanism(MUTUAL), b"AP-REQ", b"not empty")
+        self.assertFailed(self.exchange(self.mechanism(ONE_ROUND), b"forged")[0])
+        self.assertFailed(self.exchange(self.mechanism(ONE_ROUND), b"")[0], malformed=True)
+        steps = self.exchange(self.mechanism(MUTUAL), b"AP-REQ", b"not empty")
         self.assertFailed(steps[-1], malformed=True)
 
     def test_bad_layer_choice(self) -> None:
@@ -318,12 +308,12 @@ class ExchangeTests(SynchronousTestCase):
             (b"\x01\x00\x00\x00", False),  # not wrapped
         ]:
             with self.subTest(choice=choice):
-                steps = self.run_exchange(self.mechanism(ONE_ROUND), b"AP-REQ", choice)
+                steps = self.exchange(self.mechanism(ONE_ROUND), b"AP-REQ", choice)
                 self.assertFailed(steps[-1], malformed=malformed)
 
     def test_step_after_end(self) -> None:
         mech = self.mechanism(ONE_ROUND)
-        self.run_exchange(mech, b"AP-REQ", choose())
+        self.exchange(mech, b"AP-REQ", choose())
         self.assertRaises(MechanismDone, mech.step, b"")
 
     @settings(max_examples=200, deadline=None)

@@ -20,6 +20,7 @@ from gateway.auth.sasl.otp import OTP
 from gateway.auth.verifiers import OTPState
 from gateway.interfaces import IAuthBackend, IOTPReinitialisation
 from gateway.testing import MemoryAuthBackend
+from tests.sasl_support import MechanismTestCase
 
 PASS = "This is a test."
 SEED = "ke1234"
@@ -83,56 +84,44 @@ def state_of(backend: MemoryAuthBackend, name: str) -> OTPState | None:
     return state
 
 
-class OTPTests(SynchronousTestCase):
+class OTPTests(MechanismTestCase):
     """Against L{MemoryAuthBackend}, which cannot re-initialise."""
 
+    mechanism_name = "OTP"
     backend_class: type[MemoryAuthBackend] = MemoryAuthBackend
 
     def setUp(self) -> None:
         self.backend = make_backend(self.backend_class)
 
-    def exchange(
+    def otp(
         self, *messages: bytes | None, backend: MemoryAuthBackend | None = None
     ) -> list[Step]:
-        mech = OTP(context(backend or self.backend))
-        first, *rest = messages
-        steps = [self.successResultOf(mech.start(first))]
-        for message in rest:
-            assert message is not None
-            steps.append(self.successResultOf(mech.step(message)))
-        return steps
-
-    def assertFailed(self, step: Step, malformed: bool = False) -> Failed:
-        self.assertIsInstance(step, Failed)
-        assert isinstance(step, Failed)
-        self.assertEqual(step.malformed, malformed, step)
-        self.assertEqual(step.mechanism, "OTP")
-        return step
+        return self.exchange(OTP(context(backend or self.backend)), *messages)
 
     def test_properties(self) -> None:
         self.assertEqual((OTP.name, OTP.plaintext, OTP.legacy), ("OTP", False, False))
         self.assertTrue(OTP.available(context(self.backend)))
 
     def test_hex(self) -> None:
-        steps = self.exchange(b"\0alice", b"hex:" + RESPONSE_HEX.encode())
+        steps = self.otp(b"\0alice", b"hex:" + RESPONSE_HEX.encode())
         self.assertEqual(steps, [Challenge(CHALLENGE), Proven(authcid="alice", mechanism="OTP")])
         state = state_of(self.backend, "alice")
         assert state is not None
         self.assertEqual((state.sequence, state.key.hex()), (499, RESPONSE_HEX))
 
     def test_words(self) -> None:
-        steps = self.exchange(b"\0alice", b"word:" + RESPONSE_WORDS.lower().encode())
+        steps = self.otp(b"\0alice", b"word:" + RESPONSE_WORDS.lower().encode())
         self.assertEqual(steps[-1], Proven(authcid="alice", mechanism="OTP"))
 
     def test_bare_responses(self) -> None:
         for response in [RESPONSE_HEX.upper(), RESPONSE_WORDS]:
             with self.subTest(response=response):
                 fresh = make_backend(self.backend_class)
-                steps = self.exchange(b"\0alice", response.encode(), backend=fresh)
+                steps = self.otp(b"\0alice", response.encode(), backend=fresh)
                 self.assertEqual(steps[-1], Proven(authcid="alice", mechanism="OTP"))
 
     def test_no_initial_response(self) -> None:
-        steps = self.exchange(None, b"\0alice", RESPONSE_HEX.encode())
+        steps = self.otp(None, b"\0alice", RESPONSE_HEX.encode())
         self.assertEqual(steps[:2], [Challenge(b""), Challenge(CHALLENGE)])
         self.assertEqual(steps[2], Proven(authcid="alice", mechanism="OTP"))
 
@@ -141,16 +130,16 @@ class OTPTests(SynchronousTestCase):
         for count in (1, 0):
             challenge = f"otp-sha1 {count} test ext".encode()
             response = rfc2289.otp("sha1", PASS, "TeSt", count).hex().encode()
-            steps = self.exchange(b"\0carol", response)
+            steps = self.otp(b"\0carol", response)
             self.assertEqual(steps, [Challenge(challenge), Proven("carol", "OTP")])
-        steps = self.exchange(b"\0carol", rfc2289.otp("sha1", PASS, "TeSt", 0).hex().encode())
+        steps = self.otp(b"\0carol", rfc2289.otp("sha1", PASS, "TeSt", 0).hex().encode())
         self.assertRegex(steps[0].data.decode(), FAKE.pattern.decode())  # type: ignore[union-attr]
         self.assertIn("re-initialisation", self.assertFailed(steps[1]).reason)
 
     def test_replay_refused(self) -> None:
         response = b"hex:" + RESPONSE_HEX.encode()
-        self.assertIsInstance(self.exchange(b"\0alice", response)[-1], Proven)
-        steps = self.exchange(b"\0alice", response)
+        self.assertIsInstance(self.otp(b"\0alice", response)[-1], Proven)
+        steps = self.otp(b"\0alice", response)
         self.assertEqual(steps[0], Challenge(b"otp-md5 498 ke1234 ext"))
         self.assertFailed(steps[1])
         state = state_of(self.backend, "alice")
@@ -170,7 +159,7 @@ class OTPTests(SynchronousTestCase):
 
     def test_wrong_response(self) -> None:
         wrong = rfc2289.otp("md5", "not the pass phrase", SEED, 499).hex().encode()
-        failed = self.assertFailed(self.exchange(b"\0alice", wrong)[-1])
+        failed = self.assertFailed(self.otp(b"\0alice", wrong)[-1])
         self.assertEqual(failed.authcid, "alice")
         state = state_of(self.backend, "alice")
         assert state is not None
@@ -182,10 +171,10 @@ class OTPTests(SynchronousTestCase):
         self.backend.set_otp("erin", algorithm="md5", seed="ab1234", sequence=9, key=b"\0" * 8)
         self.backend.set_enabled("erin", False)
         wrong = rfc2289.otp("md5", "not the pass phrase", SEED, 499).hex().encode()
-        known = self.exchange(b"\0alice", wrong)
+        known = self.otp(b"\0alice", wrong)
         for name in [b"nobody", b"dave", b"erin"]:
             with self.subTest(name=name):
-                steps = self.exchange(b"\0" + name, wrong)
+                steps = self.otp(b"\0" + name, wrong)
                 assert isinstance(steps[0], Challenge)
                 self.assertRegex(steps[0].data, FAKE)
                 failed = self.assertFailed(steps[1])
@@ -197,9 +186,9 @@ class OTPTests(SynchronousTestCase):
                     replace(known[1], reason="", authcid=""),  # type: ignore[type-var]
                 )
                 # The same challenge each time, and for the name in any case.
-                self.assertEqual(self.exchange(b"\0" + name)[0], steps[0])
-                self.assertEqual(self.exchange(b"\0" + name.upper())[0], steps[0])
-        self.assertNotEqual(self.exchange(b"\0nobody")[0], self.exchange(b"\0somebody")[0])
+                self.assertEqual(self.otp(b"\0" + name)[0], steps[0])
+                self.assertEqual(self.otp(b"\0" + name.upper())[0], steps[0])
+        self.assertNotEqual(self.otp(b"\0nobody")[0], self.otp(b"\0somebody")[0])
 
     def test_authzid(self) -> None:
         response = RESPONSE_HEX.encode()
@@ -210,15 +199,15 @@ class OTPTests(SynchronousTestCase):
         ]:
             with self.subTest(message=message):
                 fresh = make_backend(self.backend_class)
-                self.assertEqual(self.exchange(message, response, backend=fresh)[-1], expected)
-        failed = self.assertFailed(self.exchange(b"carol\0alice", response)[-1])
+                self.assertEqual(self.otp(message, response, backend=fresh)[-1], expected)
+        failed = self.assertFailed(self.otp(b"carol\0alice", response)[-1])
         self.assertIn("may not act as", failed.reason)
 
     def test_malformed_first_message(self) -> None:
         for message in [b"", b"alice", b"\0", b"alice\0", b"a\0b\0c", b"\0\xff", b"\xff\0alice",
                         b"\0ali\x07ce", b"\0" + b"a" * 1025]:
             with self.subTest(message=message):
-                steps = self.exchange(message)
+                steps = self.otp(message)
                 self.assertFailed(steps[0], malformed=True)
 
     def test_malformed_responses(self) -> None:
@@ -234,7 +223,7 @@ class OTPTests(SynchronousTestCase):
         ]:
             for name in [b"alice", b"nobody"]:
                 with self.subTest(response=response, name=name):
-                    steps = self.exchange(b"\0" + name, response)
+                    steps = self.otp(b"\0" + name, response)
                     failed = self.assertFailed(steps[1], malformed=True)
                     self.assertEqual(failed.authcid, name.decode())
         state = state_of(self.backend, "alice")
@@ -262,7 +251,7 @@ class ReinitialisationTests(OTPTests):
     backend_class = ReinitBackend
 
     def test_init_hex(self) -> None:
-        steps = self.exchange(b"\0alice", INIT_HEX)
+        steps = self.otp(b"\0alice", INIT_HEX)
         self.assertEqual(steps, [Challenge(CHALLENGE), Proven(authcid="alice", mechanism="OTP")])
         self.assertEqual(
             state_of(self.backend, "alice"),
@@ -270,22 +259,22 @@ class ReinitialisationTests(OTPTests):
         )
         # The next login answers the new chain.
         response = rfc2289.otp("md5", PASS, "ke1235", 498).hex().encode()
-        steps = self.exchange(b"\0alice", response)
+        steps = self.otp(b"\0alice", response)
         self.assertEqual(steps, [Challenge(b"otp-md5 498 ke1235 ext"), Proven("alice", "OTP")])
 
     def test_init_word(self) -> None:
-        self.assertEqual(self.exchange(b"\0alice", INIT_WORD)[-1], Proven("alice", "OTP"))
+        self.assertEqual(self.otp(b"\0alice", INIT_WORD)[-1], Proven("alice", "OTP"))
         state = state_of(self.backend, "alice")
         assert state is not None
         self.assertEqual((state.seed, state.sequence), ("ke1235", 499))
 
     def test_init_replayed(self) -> None:
-        self.assertIsInstance(self.exchange(b"\0alice", INIT_HEX)[-1], Proven)
-        self.assertFailed(self.exchange(b"\0alice", INIT_HEX)[-1])
+        self.assertIsInstance(self.otp(b"\0alice", INIT_HEX)[-1], Proven)
+        self.assertFailed(self.otp(b"\0alice", INIT_HEX)[-1])
 
     def test_init_wrong_current(self) -> None:
         bad = INIT_HEX.replace(b"5bf075d9959d036f", b"5bf075d9959d036e")
-        self.assertFailed(self.exchange(b"\0alice", bad)[-1])
+        self.assertFailed(self.otp(b"\0alice", bad)[-1])
         state = state_of(self.backend, "alice")
         assert state is not None
         self.assertEqual((state.seed, state.sequence), (SEED, 500))
@@ -293,7 +282,7 @@ class ReinitialisationTests(OTPTests):
     def test_init_same_seed(self) -> None:
         """Refused, and the current OTP, sent in the clear, is used up."""
         same = INIT_HEX.replace(b"ke1235", b"KE1234")
-        failed = self.assertFailed(self.exchange(b"\0alice", same)[-1])
+        failed = self.assertFailed(self.otp(b"\0alice", same)[-1])
         self.assertIn("seed", failed.reason)
         state = state_of(self.backend, "alice")
         assert state is not None

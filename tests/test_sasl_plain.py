@@ -7,12 +7,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail
-from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.auth.sasl.base import (
     Challenge,
     Failed,
-    Mechanism,
     MechanismDone,
     Proven,
     SASLContext,
@@ -21,6 +19,7 @@ from gateway.auth.sasl.base import (
 from gateway.auth.sasl.plain import MAX_FIELD, Login, Plain
 from gateway.auth.verifiers import password_fingerprint
 from gateway.testing import MemoryAuthBackend
+from tests.sasl_support import MechanismTestCase
 
 PASSWORD = b"correct horse"
 
@@ -57,18 +56,7 @@ class PendingBackend(MemoryAuthBackend):
         return Deferred()
 
 
-class MechanismTestMixin:
-    def exchange(self, mech: Mechanism, *messages: bytes | None) -> list[Step]:
-        """Start C{mech} with the first message, step with the rest."""
-        first, *rest = messages
-        steps = [self.successResultOf(mech.start(first))]  # type: ignore[attr-defined]
-        for message in rest:
-            assert message is not None
-            steps.append(self.successResultOf(mech.step(message)))  # type: ignore[attr-defined]
-        return steps
-
-
-class PlainTests(MechanismTestMixin, SynchronousTestCase):
+class PlainTests(MechanismTestCase):
     def plain(self, message: bytes | None, backend: object | None = None) -> Step:
         return self.exchange(Plain(context(backend)), message)[-1]
 
@@ -222,7 +210,7 @@ class PlainTests(MechanismTestMixin, SynchronousTestCase):
         self.assertIsInstance(self.plain(message), Failed)
 
 
-class LoginTests(MechanismTestMixin, SynchronousTestCase):
+class LoginTests(MechanismTestCase):
     def assertMalformed(self, step: Step) -> None:
         assert isinstance(step, Failed), step
         self.assertTrue(step.malformed, step)
