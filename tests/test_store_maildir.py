@@ -115,6 +115,7 @@ class ManualRunner:
 
     def __init__(self) -> None:
         self.queue: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self.ran: list[str] = []  # the names of the functions run, in order
 
     def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
@@ -126,6 +127,7 @@ class ManualRunner:
         takes long, so that the others get ahead of it)."""
         at = next((i for i, job in enumerate(self.queue) if job[0] != slow), 0)
         f, args, d = self.queue.pop(at)
+        self.ran.append(getattr(f, "__name__", ""))
         try:
             result = f(*args)
         except BaseException:
@@ -379,20 +381,31 @@ class DurabilityTests(MaildirTestCase):
 
 class GroupCommitTests(MaildirTestCase):
     def test_deliveries_share_directory_fsyncs(self) -> None:
+        """Deliveries that arrive while others are written or committed are
+        grouped: their files in one worker call, and the fsync of new/ and
+        their UIDs in one commit; nobody is answered before a fsync of new/
+        that followed its link."""
         runner = ManualRunner()
-        self.store = self.make_store(run_in_thread=runner)
+        self.store = self.make_store(run_in_thread=runner, writers=2)
         self.store.status(ALICE, "INBOX")
         runner.run_all()
         self.fs.log.clear()
+        runner.ran.clear()
         results = []
         for i in range(6):
             self.store.deliver([ALICE], b"message %d\n" % i).addCallback(
                 lambda r: (self.fs.log.append(("ack", "")), results.append(r)))
-        runner.run_all(slow=self.fs.fsync_dir)  # fsyncs are slow: the others get ahead
+        # Commits are slow: the writers get ahead of them.
+        runner.run_all(slow=self.store._commit_in_thread)
         self.assertEqual([r.stored for r in results], [(ALICE,)] * 6)
+        # Two writers at once: the first two deliveries alone, then the four
+        # that waited in one call.
+        self.assertEqual(runner.ran.count("_write_deliveries"), 3)
+        self.assertEqual(self.store.writer.calls, 3)
+        # The first delivery's commit, then one for the five others.
+        self.assertEqual(runner.ran.count("_commit_in_thread"), 2)
         syncs = [p for op, p in self.fs.log if op == "fsync_dir" and p.endswith("/new")]
-        self.assertEqual(len(syncs), 2)  # the first delivery's, then one for the 5 others
-        # nobody acknowledged before a fsync of new/ that followed its link
+        self.assertEqual(len(syncs), 2)
         durable, acks = 0, 0
         pending = 0
         for op, path in self.fs.log:
@@ -406,6 +419,9 @@ class GroupCommitTests(MaildirTestCase):
         d = self.store.status(ALICE, "INBOX")
         runner.run_all()
         self.assertEqual(self.ok(d).messages, 6)
+        d = self.store.open_folder(ALICE, "INBOX", True)
+        runner.run_all()
+        self.assertEqual([m.uid for m in self.ok(d).messages()], [1, 2, 3, 4, 5, 6])
 
     def test_dir_syncer(self) -> None:
         runner = ManualRunner()

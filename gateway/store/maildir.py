@@ -16,10 +16,12 @@ Durability (what is on disk before a caller is told "stored"): a delivery
 or APPEND is written to C{<root>/tmp/}, its mtime set to the internal date,
 and fsynced; then hard-linked into each account's C{new/} (or the folder's
 C{cur/}), copied instead where a link is refused; the spool name is
-unlinked; and each target directory is fsynced through the group commit of
-L{gateway.store.fs.DirSyncer}.  Only then is the message indexed and the
-caller answered.  A failure at any step unlinks what was linked and
-answers a temporary failure for that account; a crash leaves at most a
+unlinked; and each target directory is fsynced: an APPEND's through the
+group commit of L{gateway.store.fs.DirSyncer}, a delivery's C{new/} by its
+account's commit, one fsync of C{new/} and one index transaction shared by
+the deliveries waiting for it (L{MaildirStore._arrive}).  Only then is the
+message indexed and the caller answered.  A failure at any step unlinks
+what was linked and answers a temporary failure for that account; a crash leaves at most a
 complete file nobody was told about, or a spool file that the age rule
 (Maildir's 36 hours) removes at the next start.  New accounts and folders
 are built under a staging name, fsynced, and renamed into place.  Flag
@@ -40,8 +42,13 @@ Threads: every disk operation runs through C{run_in_thread}.  Work on one
 account is serialised by a L{DeferredLock} (one worker thread at a time
 per account, each call one index transaction), so two sessions changing
 flags at once are applied one after the other and lose nothing.  The
-writes and fsyncs of deliveries run outside that lock, concurrently;
-only quota reservation and indexing take it.  Sessions live in
+files of deliveries are written outside that lock, by at most C{writers}
+worker calls at once, each taking all the deliveries that waited for it
+(L{gateway.store.fs.Batcher}, L{gateway.store.durable.Disk.deliver_files});
+only the quota reservation (for an account with a quota, or not yet
+opened), the fsync of C{new/} and the indexing take it.  Per delivery in
+the usual case that is two thread hand-offs shared with the deliveries
+around it, where each step once had its own.  Sessions live in
 L{gateway.store.session}.
 """
 
@@ -66,7 +73,7 @@ from gateway.interfaces import IMailStore
 from gateway.store import folders
 from gateway.store.durable import TMP_MAX_AGE, Disk
 from gateway.store.folder import FolderState
-from gateway.store.fs import FileSystem
+from gateway.store.fs import Batcher, FileSystem
 from gateway.store.index import INDEX_FILE, AccountIndex, Row
 from gateway.store.model import (
     DEFAULT_FOLDERS,
@@ -105,6 +112,10 @@ class _Account:
         self.touched: set[FolderState] = set()
         self.pending = [0, 0]  # messages, bytes reserved by deliveries in flight
         self.polling = False
+        # Deliveries linked into new/ and waiting for their commit (the
+        # fsync of new/ and their UIDs), and whether one is under way.
+        self.arrivals: list[tuple[Row, Deferred[None]]] = []
+        self.committing = False
 
 
 @implementer(IMailStore)
@@ -121,6 +132,10 @@ class MaildirStore:
     @param fs: the file-system operations (a test seam for faults).
     @param poll_interval: seconds between looks at the directories of
         folders that have open sessions.
+    @param writers: how many worker calls may write delivered files at once
+        (L{Batcher}: the deliveries that wait meanwhile are written together
+        by the next call).  Few threads do more: each more thread competing
+        for the GIL cost the benchmark CPU time in the kernel.
     """
 
     def __init__(self, root: str, *, run_in_thread: Callable[..., Deferred[Any]],
@@ -129,7 +144,8 @@ class MaildirStore:
                  known_account: Callable[[str], bool] = lambda account: True,
                  fs: FileSystem | None = None, hostname: str | None = None,
                  poll_interval: float = 1.0, tmp_max_age: float = TMP_MAX_AGE,
-                 cached_folders: int = 8, log: Logger | None = None) -> None:
+                 cached_folders: int = 8, writers: int = 2,
+                 log: Logger | None = None) -> None:
         self.root = os.path.abspath(root)
         self._run = run_in_thread
         self._clock = clock
@@ -141,7 +157,9 @@ class MaildirStore:
         self._log = log or Logger()
         self._accounts: dict[str, _Account] = {}
         self._counter = itertools.count(1)
+        self._random = secrets.token_hex(4)
         self.disk = Disk(self.root, self.fs, run_in_thread, tmp_max_age)
+        self.writer = Batcher(run_in_thread, self._write_deliveries, writers)
         self._poller = LoopingCall(self._poll)
         self._poller.clock = clock
         self._poll_interval = poll_interval
@@ -149,10 +167,11 @@ class MaildirStore:
     # -- plumbing -----------------------------------------------------------------
 
     def _account(self, name: str) -> _Account:
-        path = account_path(self.root, name)  # raises NoSuchAccount for path tricks
+        acct = self._accounts.get(name)  # its name was checked when it was made
+        path = acct.path if acct is not None else account_path(self.root, name)
+        # account_path raised NoSuchAccount for path tricks
         if not self._known(name):
             raise NoSuchAccount(name)
-        acct = self._accounts.get(name)
         if acct is None:
             acct = self._accounts[name] = _Account(name, path)
         return acct
@@ -166,17 +185,17 @@ class MaildirStore:
             acct = account if isinstance(account, _Account) else self._account(account)
         except StoreError as e:
             return fail(e)
+        return acct.lock.run(
+            lambda: self._run(self._in_thread, acct, fn, args).addBoth(self._after, acct, origin))
 
-        def after(result: object) -> object:
-            touched, acct.touched = acct.touched, set()
-            self.notify(acct, touched, origin)
-            if isinstance(result, Failure) and not isinstance(result.value, StoreError):
-                # A disk or other failure: the cause to the log, a
-                # temporary failure to the protocol.
-                return Failure(self.failure(result, "{account}", account=acct.name))
-            return result
-
-        return acct.lock.run(lambda: self._run(self._in_thread, acct, fn, args).addBoth(after))
+    def _after(self, result: object, acct: _Account, origin: object) -> object:
+        touched, acct.touched = acct.touched, set()
+        self.notify(acct, touched, origin)
+        if isinstance(result, Failure) and not isinstance(result.value, StoreError):
+            # A disk or other failure: the cause to the log, a temporary
+            # failure to the protocol.
+            return Failure(self.failure(result, "{account}", account=acct.name))
+        return result
 
     def _in_thread(self, acct: _Account, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         if acct.index is None:
@@ -228,8 +247,11 @@ class MaildirStore:
         return state
 
     def _unique(self, size: int | None) -> str:
+        """A new file name (thread-safe).  The random part is drawn once per
+        store: time, process, counter and that are unique enough (a random
+        draw per message cost a system call on the reactor)."""
         return make_key(self._clock.seconds(), os.getpid(), next(self._counter),
-                        secrets.token_hex(4), self._host, size)
+                        self._random, self._host, size)
 
     # -- accounts on disk ---------------------------------------------------------
 
@@ -281,6 +303,7 @@ class MaildirStore:
                 internal_date: float | None = None) -> Deferred[DeliveryReport]:
         date = self._clock.seconds() if internal_date is None else float(internal_date)
         refused: dict[str, StoreError] = {}
+        stored: set[str] = set()
         wanted: list[_Account] = []
         for name in dict.fromkeys(accounts):
             try:
@@ -290,54 +313,146 @@ class MaildirStore:
         if not wanted:
             return succeed(DeliveryReport((), refused))
 
-        def spooled(result: tuple[str, int]) -> Deferred[DeliveryReport]:
+        def refuse(f: Failure, acct: _Account, what: str) -> None:
+            refused[acct.name] = self.failure(f, what, account=acct.name)
+
+        def linked(result: tuple[str, int, list[Exception | None]],
+                   accepted: list[_Account]) -> Deferred[Any]:
+            key, size, errors = result
+            arrivals = []
+            for acct, error in zip(accepted, errors):
+                if error is not None:
+                    refuse(Failure(error), acct, "delivery")
+                    continue
+                row = Row(0, key, "new", None, "", size, date, False)
+                d = self._arrive(acct, row)
+                d.addCallbacks(lambda _, name=acct.name: stored.add(name), refuse,
+                               errbackArgs=(acct, "delivery"))
+                arrivals.append(d)
+            return DeferredList(arrivals)
+
+        def report(result: object) -> DeliveryReport:
+            if isinstance(result, Failure):
+                error = self.failure(result, "writing a delivery")
+                for acct in wanted:
+                    if acct.name not in stored:
+                        refused.setdefault(acct.name, error)
+            order = [acct.name for acct in wanted if acct.name in stored]
+            return DeliveryReport(tuple(order), refused)
+
+        if isinstance(message, bytes) and all(map(self._admitted, wanted)):
+            # The common case: one worker call writes, fsyncs and links
+            # (several deliveries' files, when they wait for a writer).
+            dirs = [os.path.join(acct.path, "new") for acct in wanted]
+            d = self.writer.submit((message, date, dirs))
+            return d.addCallback(linked, wanted).addBoth(report)
+
+        def spooled(result: tuple[str, int]) -> Deferred[Any]:
             path, size = result
             checks = [self.reserve(acct, size) for acct in wanted]
             return DeferredList(checks, consumeErrors=True).addCallback(reserved, path, size)
 
-        def reserved(outcome: list[tuple[bool, Any]], path: str,
-                     size: int) -> Deferred[DeliveryReport]:
+        def reserved(outcome: list[tuple[bool, Any]], path: str, size: int) -> Deferred[Any]:
             accepted = []
             for acct, (ok, value) in zip(wanted, outcome):
                 if ok:
                     accepted.append(acct)
                 else:
-                    refused[acct.name] = self.failure(value, "quota check", account=acct.name)
+                    refuse(value, acct, "quota check")
             key = self._unique(size)
             targets = [os.path.join(acct.path, "new", key) for acct in accepted]
+
             def release(result: object) -> object:
                 for acct in accepted:
                     self.release(acct, size)
                 return result
 
-            return self.disk.commit_file(path, targets).addCallback(
-                committed, accepted, key, size).addBoth(release)
+            d = self._run(self.disk.link_all, path, targets)
+            return d.addCallback(lambda errors: linked((key, size, errors), accepted)).addBoth(
+                release)
 
-        def committed(results: list[Exception | None], accepted: list[_Account], key: str,
-                      size: int) -> Deferred[DeliveryReport]:
-            stored, indexing = [], []
-            for acct, error in zip(accepted, results):
-                if error is not None:
-                    refused[acct.name] = self.failure(Failure(error), "delivery",
-                                                      account=acct.name)
-                    continue
-                stored.append(acct.name)
-                row = Row(0, key, "new", None, "", size, date, False)
-                d = self.serial(acct, self.index_rows, INBOX, [row])
-                indexing.append(d.addErrback(self._unindexed, acct.name))
-            order = [a.name for a in wanted if a.name in stored]
-            return DeferredList(indexing).addCallback(
-                lambda _: DeliveryReport(tuple(order), refused))
+        return self._run(self.disk.spool, message, date).addCallback(spooled).addBoth(report)
 
-        def spool_failed(f: Failure) -> DeliveryReport:
-            error = self.failure(f, "spooling a delivery")
-            return DeliveryReport((), {**refused, **{a.name: error for a in wanted}})
+    def _write_deliveries(self, jobs: list[tuple[bytes | str, float, list[str]]]
+                          ) -> list[tuple[bool, Any]]:
+        """(thread) The file work of the deliveries L{writer} grouped."""
+        return self.disk.deliver_files(jobs, self._unique)
 
-        return self._run(self.disk.spool, message, date).addCallbacks(spooled, spool_failed)
+    def _admitted(self, acct: _Account) -> bool:
+        """Can a delivery to C{acct} skip L{reserve}: its Maildir is open
+        (so it exists) and it has no quota to check?"""
+        if acct.index is None:
+            return False
+        quota = self._quota_for(acct.name)
+        return quota.max_bytes is None and quota.max_messages is None
 
-    def _unindexed(self, f: Failure, account: str) -> None:
-        # The message is on disk: the next listing of the folder indexes it.
-        self._log.failure("mail store: indexing a delivery to {account}", f, account=account)
+    # -- group commit of deliveries -----------------------------------------------
+
+    def _arrive(self, acct: _Account, row: Row) -> Deferred[None]:
+        """
+        Make a delivery linked into C{acct}'s C{new/} durable and give it its
+        UID: an fsync of C{new/}, then one index transaction, in one worker
+        call shared by every delivery waiting when it starts (group commit,
+        like L{gateway.store.fs.DirSyncer}: nobody is answered by an fsync
+        that started before its link).
+
+        @return: a L{Deferred} firing with C{None} once C{new/} is fsynced,
+            or failing with the fsync's error (the file is unlinked again).
+            An indexing failure is only logged: the file is on disk, and the
+            next listing of the folder indexes it.
+        """
+        d: Deferred[None] = Deferred()
+        acct.arrivals.append((row, d))
+        if not acct.committing:
+            acct.committing = True
+            acct.lock.run(self._commit_arrivals, acct)
+        return d
+
+    def _commit_arrivals(self, acct: _Account) -> Deferred[None]:
+        """(holding the account's lock) Commit what arrived until now."""
+        batch, acct.arrivals = acct.arrivals, []
+
+        def done(result: tuple[Exception | None, Failure | None] | Failure) -> None:
+            self._after(None, acct, None)
+            error: Exception | Failure | None
+            error, unindexed = (result, None) if isinstance(result, Failure) else result
+            if unindexed is not None:
+                self._log.failure("mail store: indexing deliveries to {account}", unindexed,
+                                  account=acct.name)
+            for _, d in batch:
+                if error is None:
+                    d.callback(None)
+                else:
+                    d.errback(error)
+            if acct.arrivals:
+                acct.lock.run(self._commit_arrivals, acct)
+            else:
+                acct.committing = False
+
+        rows = [row for row, _ in batch]
+        try:
+            d = self._run(self._commit_in_thread, acct, rows)
+        except Exception:  # no thread to run it (stopping): fail the batch, not hang it
+            d = fail()
+        return d.addBoth(done)
+
+    def _commit_in_thread(self, acct: _Account,
+                          rows: list[Row]) -> tuple[Exception | None, Failure | None]:
+        """(thread) fsync C{new/}, then index C{rows} in one transaction.
+        @return: the fsync's error (the files are then unlinked) and the
+            indexing's failure, each C{None} if all went well."""
+        new = os.path.join(acct.path, "new")
+        try:
+            self.fs.fsync_dir(new)
+        except Exception as e:
+            for row in rows:
+                self.disk.try_unlink(os.path.join(new, row.key))
+            return e, None
+        try:
+            self._in_thread(acct, self.index_rows, (INBOX, rows))
+        except Exception:
+            return None, Failure()
+        return None, None
 
     def index_rows(self, acct: _Account, name: str | FolderState, rows: list[Row]) -> list[int]:
         """(thread) Give UIDs to files we put in a folder."""
