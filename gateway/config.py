@@ -130,6 +130,9 @@ class AuthConfig:
     certificate_mapping: str = "email"
     gssapi_keytab: Path | None = None
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    # Seconds a successful password check is remembered (gateway.auth.cache);
+    # 0, the default, remembers none.
+    cache_ttl: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -453,7 +456,8 @@ def _read_mechanisms(r: _Reader, t: dict[str, Any], path: str) -> tuple[str, ...
 
 def _read_auth(r: _Reader, data: Any) -> AuthConfig:
     t = r.table(data, "auth", ("users", "mechanisms", "plaintext_without_tls", "default_domain",
-                               "certificate_mapping", "gssapi_keytab", "throttle"))
+                               "certificate_mapping", "gssapi_keytab", "throttle",
+                               "cache_ttl"))
     users = r.file(t, "auth", "users")
     mechanisms = _read_mechanisms(r, t, "auth")
     plain = r.value(t, "auth", "plaintext_without_tls", bool, default=False)
@@ -471,8 +475,10 @@ def _read_auth(r: _Reader, data: Any) -> AuthConfig:
         kind: type = float if isinstance(default, float) else int
         throttle[name] = r.value(tt, "auth.throttle", name, kind, default=default,
                                  check=_non_negative)
+    cache_ttl = r.value(t, "auth", "cache_ttl", float, default=0.0, check=_non_negative)
     return AuthConfig(users, mechanisms if mechanisms is not None else DEFAULT_MECHANISMS,
-                      plain, default_domain, mapping, keytab, ThrottleConfig(**throttle))
+                      plain, default_domain, mapping, keytab, ThrottleConfig(**throttle),
+                      cache_ttl)
 
 
 def _read_policy(r: _Reader, data: Any) -> PolicyConfig:

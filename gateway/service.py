@@ -35,6 +35,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from gateway.auth.cache import PasswordCache
 from gateway.auth.directory import FileDirectory, UsersFile, UsersFileError
 from gateway.auth.portal import build_portal
 from gateway.auth.realm import GatewayRealm
@@ -215,6 +216,8 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
                 default_domain=config.auth.default_domain,
                 certificate_rule=config.auth.certificate_mapping,
                 run_in_thread=run_in_thread,
+                password_cache=(PasswordCache(config.auth.cache_ttl, reactor)
+                                if config.auth.cache_ttl > 0 else None),
             )
             reloadables.append(backend)
             directory = backend

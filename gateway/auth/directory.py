@@ -59,6 +59,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.auth.cache import PasswordCache
 from gateway.auth.throttle import atomic_write, locked
 from gateway.auth.verifiers import (
     ALGORITHMS,
@@ -438,11 +439,14 @@ class FileDirectory:
     @param certificate_rule: C{"email"} (SAN rfc822Name or subject
         emailAddress) or C{"cn"} (subject common name); either is looked up as
         an account name, then among the accounts' C{certificate_names}.
+    @param password_cache: remembers recent successful password checks
+        (L{gateway.auth.cache}; C{None}, the default, for none).
     """
 
     def __init__(self, users_file: UsersFile, *, default_domain: str | None = None,
                  certificate_rule: str = "email",
                  run_in_thread: Callable[..., Deferred[Any]] | None = None,
+                 password_cache: PasswordCache | None = None,
                  log: Logger | None = None) -> None:
         if certificate_rule not in CERTIFICATE_RULES:
             raise ValueError(f"certificate_rule must be one of {CERTIFICATE_RULES}")
@@ -456,6 +460,7 @@ class FileDirectory:
         self._lock = DeferredLock()
         self._table, self._seen = users_file.load_with_signature()
         self._dummy_for: tuple[UserTable | None, ScramKeys | None] = (None, None)
+        self.password_cache = password_cache
 
     # -- lookups (synchronous, for this class and admin use) -------------
 
@@ -498,7 +503,18 @@ class FileDirectory:
             return self._run(password_matches, self._dummy(), password).addCallback(
                 lambda _: None)
         keys = account.scram_keys("SHA-256") or account.scram_keys("SHA-1")
-        if keys is not None:
+        cache, table = self.password_cache, self._table
+        if keys is not None and cache is not None:
+            if cache.verified(table, account.name, password):
+                return succeed(account.name)
+
+            def remember(ok: bool) -> bool:
+                if ok:
+                    cache.remember(table, account.name, password)
+                return ok
+
+            d = self._run(password_matches, keys, password).addCallback(remember)
+        elif keys is not None:
             d = self._run(password_matches, keys, password)
         elif account.legacy is not None:
             d = self._run(legacy_matches, account.legacy.secret, password)
