@@ -95,7 +95,21 @@ class Limits:
     idle_timeout_pop3: float = 600.0  # RFC 1939 section 3: at least 10 minutes
     idle_timeout_imap: float = 1800.0  # RFC 3501 section 5.4: at least 30 minutes
     idle_timeout_imap_preauth: float = 60.0
-    idle_timeout_smtp: float = 300.0  # RFC 5321 section 4.5.3.2.7
+    # RFC 2449 section 6.5 LOGIN-DELAY: seconds an account must wait between
+    # two POP3 logins (advertised in CAPA); 0 = no delay.
+    pop3_login_delay: int = 0
+    # IMAP SEARCH BODY/TEXT decode and look at this many octets of each
+    # message (its beginning); the rest of a larger message is not searched.
+    max_search_text_size: int = 4_194_304  # 4 MiB
+    # RFC 5321 section 4.5.3.2.7: at least 5 minutes waiting for a command.
+    idle_timeout_smtp: float = 300.0
+    # Waiting for the next block of a message after 354: a client waits 3
+    # minutes for each block to be sent (RFC 5321 section 4.5.3.2.5); the
+    # server waits longer than that, like for a command.
+    data_timeout_smtp: float = 300.0
+    # A whole SMTP connection, however busy: without it, a client sending
+    # a byte a minute holds its slot (and a message in memory) for ever.
+    session_timeout_smtp: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -430,7 +444,8 @@ def _read_limits(r: _Reader, data: Any) -> Limits:
     for name in names:
         default = getattr(defaults, name)
         kind: type = float if isinstance(default, float) else int
-        values[name] = r.value(t, "limits", name, kind, default=default, check=_positive)
+        check = _non_negative if name == "pop3_login_delay" else _positive
+        values[name] = r.value(t, "limits", name, kind, default=default, check=check)
     if values["max_line_length"] < 1000:
         # RFC 5321 section 4.5.3.1.6: text lines of at least 1000 octets.
         r.problem("limits.max_line_length", "must be at least 1000 (RFC 5321 section 4.5.3.1.6)")

@@ -105,6 +105,9 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         self.auth_failures = 0
         self.account: str | None = None
         self.logout: Any = None
+        self._session_call: Any = None  # the bound on the whole connection
+        self._timeout_held = False  # the server is working; the client waits
+        self._session_overdue = False
 
     # Connection life cycle
 
@@ -139,6 +142,9 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             peer=self.peer,
         )
         self.setTimeout(self.idle_timeout())
+        bound = self.session_timeout()
+        if bound is not None:
+            self._session_call = self.context.clock.callLater(bound, self._session_expired)
         if not self.encrypted:
             self.greet()
         # With implicit TLS the greeting waits for the handshake: it must
@@ -148,6 +154,10 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
+        if self._session_call is not None:
+            if self._session_call.active():
+                self._session_call.cancel()
+            self._session_call = None
         if self.logout is not None:
             logout, self.logout = self.logout, None
             logout()
@@ -221,14 +231,65 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         self.line_received(line)
         return None
 
-    def serialize(self, d: Deferred[Any]) -> Deferred[Any]:
+    def serialize(self, d: Deferred[Any], *, hold_timeout: bool = False) -> Deferred[Any]:
         """
         Read no further command until C{d} (and the callbacks already on it,
         which write the reply) has fired: replies stay in order however the
         client pipelines (the fault of twisted/twisted#8126).
+
+        @param hold_timeout: C{d} is the server's own work (a delivery), not
+            waiting on the client: see L{hold_timeout}.
         """
         self._pause()
+        if hold_timeout:
+            self.hold_timeout()
         return d.addErrback(self._internal_error).addBoth(self._resume)
+
+    # Timers: the idle timeout of the current state (L{idle_timeout}), and
+    # an optional bound on the whole connection (L{session_timeout}).
+
+    def refresh_timeout(self) -> None:
+        """The state changed (a message begins, a login is done): wait
+        L{idle_timeout} from now."""
+        if not self._timeout_held:
+            self.setTimeout(self.idle_timeout())
+
+    def hold_timeout(self) -> None:
+        """
+        The server is working on the client's command and the client waits
+        for the reply: no idle timeout runs until reading resumes
+        (L{_resume}), and a session bound that passes meanwhile waits for
+        the reply.  Timing out our own slowness would drop a reply the
+        client is owed; after DATA it would make the client send the
+        message again (RFC 5321 sections 4.5.3.2.6 and 6.1).  Not for
+        work that waits on the client (a reply it does not read).
+        """
+        self._timeout_held = True
+        self.setTimeout(None)
+
+    def _release_timeout(self) -> None:
+        if not self._timeout_held:
+            return
+        self._timeout_held = False
+        if self._session_overdue:
+            self._session_expired()
+        elif self.transport is not None and not self.transport.disconnecting:
+            self.setTimeout(self.idle_timeout())
+
+    def _session_expired(self) -> None:
+        self._session_call = None
+        if self._timeout_held:
+            self._session_overdue = True
+            return
+        if self.transport is None or self.transport.disconnecting:
+            return
+        self.log.info(
+            "{listener}: {peer} connection time limit",
+            listener=self.context.listener.name,
+            peer=self.peer,
+        )
+        self.reply_session_timeout()
+        self.disconnect()
 
     def _pause(self) -> None:
         if self.transport is not None and not self.transport.disconnecting:
@@ -391,6 +452,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         return None
 
     def _resume(self, result: Any) -> Any:
+        self._release_timeout()
         if self.transport is not None and not self.transport.disconnecting:
             self.resumeProducing()
         return result
@@ -453,7 +515,16 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         raise NotImplementedError
 
     def idle_timeout(self) -> float:
+        """Seconds to wait for the client in the current state."""
         raise NotImplementedError
+
+    def session_timeout(self) -> float | None:
+        """Seconds a connection may last at most, or C{None}: no bound."""
+        return None
+
+    def reply_session_timeout(self) -> None:
+        """Say goodbye when L{session_timeout} has passed."""
+        self.reply_timeout()
 
     def greet(self) -> None:
         raise NotImplementedError

@@ -44,19 +44,88 @@ class DataReader:
     """
     Feed it the bytes after the C{354} reply; it returns a L{DataResult}
     once the end marker arrives, C{None} before.
+
+    Each read is scanned whole (L{_by_chunk}): the end marker with one
+    C{find}, bare CR or LF by counting C{CR}, C{LF} and C{CRLF}, line
+    lengths with one C{split}, dot-stuffing with one C{replace}.  Whenever
+    a read is not plainly clean (a bare CR or LF, a long or stuffed long
+    line, the size limit reached), it is read line by line instead
+    (L{_by_line}), which decides what the problem is; once the message is
+    refused, the rest is only searched for its end (L{_skip}).
     """
 
     def __init__(self, max_size: int, max_line: int) -> None:
         self.max_size = max_size
         self.max_line = max_line
-        self._lines: list[bytes] = []
+        self._parts: list[bytes] = []  # the unstuffed message so far
         self._size = 0
-        self._partial = b""
-        self._continued = False  # the current line was already cut (too long)
+        self._partial = b""  # an unfinished line (starting at a line start...
+        self._continued = False  # ...unless it is the tail of a line already cut)
         self.problem: str | None = None
 
     def feed(self, data: bytes) -> DataResult | None:
-        buffer = self._partial + data
+        buffer = self._partial + data if self._partial else data
+        self._partial = b""
+        if self.problem is not None:
+            return self._skip(buffer)
+        return self._by_chunk(buffer)
+
+    def _by_chunk(self, buffer: bytes) -> DataResult | None:
+        """The usual case: C{buffer} starts at a line start, no problem yet."""
+        if buffer.startswith(b".\r\n"):
+            end = 0
+        else:
+            end = buffer.find(b"\r\n.\r\n")
+            if end >= 0:
+                end += 2
+        if end >= 0:
+            lines, tail = buffer[:end], b""
+        else:
+            cut = buffer.rfind(b"\r\n")
+            cut = cut + 2 if cut >= 0 else 0
+            lines, tail = buffer[:cut], buffer[cut:]
+        cr = lines.count(b"\r")
+        if (len(tail) > self.max_line + 2 or cr != lines.count(b"\n")
+                or cr != lines.count(b"\r\n")
+                or (len(lines) > self.max_line + 2
+                    and max(map(len, lines.split(b"\r\n"))) > self.max_line)):
+            return self._by_line(buffer)
+        body = lines.replace(b"\r\n.", b"\r\n")
+        if body.startswith(b"."):
+            body = body[1:]
+        if self._size + len(body) > self.max_size:
+            return self._by_line(buffer)
+        self._size += len(body)
+        if body:
+            self._parts.append(body)
+        if end < 0:
+            self._partial = tail
+            return None
+        data, self._parts = b"".join(self._parts), []
+        return DataResult(data, None, buffer[end + 3:])
+
+    def _skip(self, buffer: bytes) -> DataResult | None:
+        """The message is refused: only look for its end."""
+        if not self._continued and buffer.startswith(b".\r\n"):
+            rest = buffer[3:]
+        else:
+            end = buffer.find(b"\r\n.\r\n")
+            if end < 0:
+                line = buffer.rfind(b"\r\n")
+                if line >= 0:
+                    buffer, self._continued = buffer[line + 2:], False
+                if self._continued or not b".\r".startswith(buffer):
+                    # Not the start of the marker: only a CR at its end
+                    # may begin one.
+                    buffer, self._continued = buffer[-1:], True
+                self._partial = buffer
+                return None
+            rest = buffer[end + 5:]
+        self._parts, self._continued = [], False
+        return DataResult(b"", self.problem, rest)
+
+    def _by_line(self, buffer: bytes) -> DataResult | None:
+        """One line at a time: exact about which problem comes first."""
         start = 0
         while True:
             end = buffer.find(b"\r\n", start)
@@ -72,11 +141,12 @@ class DataReader:
                 continue
             if line == b".":
                 rest = buffer[start:]
-                self._partial = b""
-                body = b"" if self.problem else b"".join(self._lines)
-                self._lines = []
+                body = b"" if self.problem else b"".join(self._parts)
+                self._parts = []
                 return DataResult(body, self.problem, rest)
             self._take(line)
+            if self.problem is not None:
+                return self._skip(buffer[start:])
         self._partial = buffer[start:]
         # A line still growing without CRLF: judge it now, keep only a
         # bounded tail (enough to find CRLF across reads).
@@ -97,11 +167,11 @@ class DataReader:
             self.problem = "line-length"
         self._account(len(line) + 2)
         if self.problem is None:
-            self._lines.append(line + b"\r\n")
+            self._parts.append(line + b"\r\n")
 
     def _account(self, n: int) -> None:
         self._size += n
         if self._size > self.max_size and self.problem is None:
             self.problem = "size"
         if self.problem is not None:
-            self._lines = []
+            self._parts = []

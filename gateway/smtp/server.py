@@ -1,7 +1,13 @@
-# -*- test-case-name: tests.test_smtp -*-
+# -*- test-case-name: tests.test_smtp_transaction,tests.test_smtp_dsn -*-
 """
 The ESMTP server protocol: EHLO, STARTTLS, AUTH and the mail transaction
 (MAIL, RCPT, DATA) under the relay policy, with durable delivery before 250.
+
+Timeouts follow RFC 5321 section 4.5.3.2: one while waiting for a command,
+one while waiting for each block of a message, none while a delivery is
+being written (L{LineProtocol.hold_timeout}), and a bound on the whole
+connection.  The DSN parameters (RFC 3461) are checked by
+L{gateway.smtp.dsn} and travel on the envelope.
 
 Commands are processed one at a time: while a decision or a delivery is
 pending, nothing more is read (L{LineProtocol.serialize}), so pipelined
@@ -61,7 +67,15 @@ class SMTPServer(LineProtocol):
         self.services: SMTPServices | None = context.extras.get("smtp")
 
     def idle_timeout(self) -> float:
+        # RFC 5321 section 4.5.3.2: the server waits at least 5 minutes for
+        # a command (4.5.3.2.7), and for each block of a message longer
+        # than the client's own 3 minutes per block (4.5.3.2.5).
+        if self.reader is not None:
+            return self.context.limits.data_timeout_smtp
         return self.context.limits.idle_timeout_smtp
+
+    def session_timeout(self) -> float | None:
+        return self.context.limits.session_timeout_smtp
 
     def reply(self, code: int, enhanced: str | None, text: str, *more: str) -> None:
         """Send a (possibly multi-line) reply with its RFC 3463 code."""
@@ -82,7 +96,12 @@ class SMTPServer(LineProtocol):
         self.reply(500, "5.5.6", "line too long, closing connection")
 
     def reply_timeout(self) -> None:
-        self.reply(421, "4.4.2", f"{self.context.hostname} idle timeout, closing connection")
+        what = "timeout waiting for data" if self.reader is not None else "idle timeout"
+        self.reply(421, "4.4.2", f"{self.context.hostname} {what}, closing connection")
+
+    def reply_session_timeout(self) -> None:
+        self.reply(421, "4.4.2", f"{self.context.hostname} connection time limit reached, "
+                   "closing connection")
 
     def greet(self) -> None:
         self.reply(220, None, f"{self.context.hostname} ESMTP mailgateway")
@@ -295,6 +314,7 @@ class SMTPServer(LineProtocol):
         limits = self.context.limits
         self.reader = DataReader(limits.max_message_size, limits.max_line_length)
         self.setRawMode()
+        self.refresh_timeout()  # now the data timeout, reset by every block
 
     def rawDataReceived(self, data: bytes) -> None:
         self.resetTimeout()
@@ -303,8 +323,12 @@ class SMTPServer(LineProtocol):
         if result is None:
             return
         envelope, self.envelope, self.reader = self.envelope, None, None
-        # Commands pipelined after the message wait for its reply.
-        self._pause()
+        # Commands pipelined after the message wait for its reply, and the
+        # client waits for it (up to 10 minutes, RFC 5321 section
+        # 4.5.3.2.6): no timeout of ours runs until it is written, and then
+        # the command timeout does.
+        self._hold()
+        self.hold_timeout()
         self.setLineMode(result.rest)
         if result.problem is not None:
             self.reply(*_DATA_REFUSALS[result.problem])
@@ -325,6 +349,21 @@ class SMTPServer(LineProtocol):
 
         d.addCallbacks(answered, failed)
         d.addBoth(self._resume)
+
+    def _hold(self) -> None:
+        """
+        Process no command until the message's reply (L{_resume}), as
+        L{_pause} does, but leave the transport reading until a byte
+        actually arrives (L{dataReceived}): most clients wait for the reply,
+        and pausing the transport costs two C{epoll_ctl} calls per message.
+        """
+        self.paused = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.paused and data and self.transport is not None \
+                and not self.transport.disconnecting:
+            self.transport.pauseProducing()  # held (see _hold): read no more
+        super().dataReceived(data)
 
     def connectionLost(self, reason: Any = None) -> None:
         # A message cut off by the connection is never stored: nothing to do.
