@@ -19,6 +19,7 @@ from gateway.smtp.delivery import Delivery
 from gateway.smtp.policy import PolicySettings
 from gateway.smtp.server import SMTPFactory, SMTPServices
 from gateway.smtp.spool import Spool
+from gateway.store.model import Quota
 from gateway.testing import MemoryStore
 from tests.sasl_client import plain
 from tests.test_protocols import connect, lines
@@ -296,3 +297,319 @@ class SubmissionTests(TransactionTestCase):
                            b"DATA\r\nhi\r\n.\r\n")
         self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0"))
         self.assertIn(b"with ESMTPSA", self.inbox("alice@example.edu")[0])
+
+
+class TimeoutTests(TransactionTestCase):
+    """
+    RFC 5321 section 4.5.3.2: a command timeout, a separate timeout for
+    each block of a message, no timeout while the server itself works, and
+    a bound on the whole connection.
+    """
+
+    limits = Limits(max_message_size=10_000, idle_timeout_smtp=300.0, data_timeout_smtp=200.0,
+                    session_timeout_smtp=3600.0)
+
+    def start_data(self) -> tuple[Any, Any]:
+        proto, t = self.open(limits=self.limits)
+        proto.dataReceived(b"MAIL FROM:<x@else.org>\r\nRCPT TO:<bob@example.edu>\r\nDATA\r\n")
+        self.assertEqual(lines(t)[-1], b"354 end data with <CR><LF>.<CR><LF>")
+        return proto, t
+
+    def test_half_a_message_then_silence(self) -> None:
+        """A client that stops in the middle of a message is dropped after
+        the data timeout with 421 4.4.2, and nothing is stored."""
+        proto, t = self.start_data()
+        proto.dataReceived(b"Subject: half\r\n\r\nthe first half")
+        self.clock.advance(199)
+        self.assertFalse(t.disconnecting)
+        self.clock.advance(1)
+        self.assertEqual(lines(t), [b"421 4.4.2 mail.example.edu timeout waiting for data, "
+                                    b"closing connection"])
+        self.assertTrue(t.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(self.inbox("bob@example.edu"), [])
+        self.assertEqual(self.spool.pending(), [])
+
+    def test_data_timeout_is_its_own(self) -> None:
+        """The data timeout applies from the 354 on, not the command timeout."""
+        proto, t = self.start_data()
+        self.clock.advance(200)
+        self.assertTrue(t.disconnecting)
+
+    def test_slow_sender_is_not_cut_off(self) -> None:
+        """Each block restarts the data timeout: a message sent a line every
+        199 seconds, for far longer than either timeout, is stored."""
+        proto, t = self.start_data()
+        for i in range(10):
+            self.clock.advance(199)
+            proto.dataReceived(b"line %d\r\n" % i)
+        self.clock.advance(199)
+        proto.dataReceived(b".\r\n")
+        self.assertFalse(t.disconnecting)
+        self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0 OK queued as "))
+        [stored] = self.inbox("bob@example.edu")
+        self.assertTrue(stored.endswith(b"line 9\r\n"))
+
+    def test_command_timeout_after_the_message(self) -> None:
+        """After the reply to a message, the command timeout (300 s) is back."""
+        proto, t = self.start_data()
+        proto.dataReceived(b"x\r\n.\r\n")
+        lines(t)
+        self.clock.advance(299)
+        self.assertFalse(t.disconnecting)
+        self.clock.advance(1)
+        self.assertEqual(lines(t), [b"421 4.4.2 mail.example.edu idle timeout, closing connection"])
+
+    def test_refused_message_restores_the_command_timeout(self) -> None:
+        proto, t = self.start_data()
+        proto.dataReceived(b"bare\nLF\r\n.\r\n")
+        self.assertEqual(lines(t)[0][:3], b"550")
+        self.clock.advance(299)
+        self.assertFalse(t.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(t.disconnecting)
+
+    def test_no_timeout_while_the_store_works(self) -> None:
+        """
+        A slow delivery is our delay, not the client's: the client waits up
+        to 10 minutes for the reply after the final dot (RFC 5321 section
+        4.5.3.2.6), so no timeout of ours cuts it off meanwhile (a 421 then
+        would make it send a message we have stored again).
+        """
+        pending: list[Deferred[Any]] = []
+        real = self.store.deliver
+
+        def slow(*a: Any, **kw: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append(d)
+            return d.addCallback(lambda _: real(*a, **kw))
+
+        self.store.deliver = slow  # type: ignore[method-assign]
+        proto, t = self.start_data()
+        proto.dataReceived(b"x\r\n.\r\n")
+        self.clock.advance(1000)
+        self.assertFalse(t.disconnecting)
+        self.assertEqual(lines(t), [])
+        pending[0].callback(None)
+        self.assertTrue(lines(t)[0].startswith(b"250 2.0.0 OK queued as "))
+        self.clock.advance(299)
+        self.assertFalse(t.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(t.disconnecting)
+
+    def test_connection_time_limit(self) -> None:
+        """A client that keeps its connection busy with NOOPs is closed at the
+        session bound."""
+        proto, t = self.open(limits=self.limits)
+        for _ in range(12):
+            self.clock.advance(290)
+            proto.dataReceived(b"NOOP\r\n")
+        self.assertFalse(t.disconnecting)
+        lines(t)
+        self.clock.advance(3600 - 12 * 290)
+        self.assertEqual(lines(t), [b"421 4.4.2 mail.example.edu connection time limit reached, "
+                                    b"closing connection"])
+        self.assertTrue(t.disconnecting)
+
+    def test_connection_time_limit_in_data(self) -> None:
+        """A message dripped in a byte at a time is cut at the session bound,
+        and nothing of it is stored."""
+        proto, t = self.start_data()
+        for _ in range(18):
+            self.clock.advance(199)
+            proto.dataReceived(b"x")
+        self.assertFalse(t.disconnecting)
+        self.clock.advance(3600 - 18 * 199)
+        self.assertTrue(lines(t)[-1].startswith(b"421 4.4.2 "))
+        self.assertTrue(t.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(self.inbox("bob@example.edu"), [])
+
+    def test_connection_time_limit_waits_for_a_delivery(self) -> None:
+        """The bound passing during a delivery closes the connection after
+        the delivery's reply, never before it."""
+        pending: list[Deferred[Any]] = []
+        real = self.store.deliver
+
+        def slow(*a: Any, **kw: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append(d)
+            return d.addCallback(lambda _: real(*a, **kw))
+
+        self.store.deliver = slow  # type: ignore[method-assign]
+        proto, t = self.start_data()
+        proto.dataReceived(b"x\r\n.\r\nNOOP\r\n")
+        self.clock.advance(3600)
+        self.assertEqual(lines(t), [])
+        self.assertFalse(t.disconnecting)
+        pending[0].callback(None)
+        replies = lines(t)
+        self.assertEqual(len(replies), 2, replies)
+        self.assertTrue(replies[0].startswith(b"250 2.0.0 OK queued as "))
+        self.assertTrue(replies[1].startswith(b"421 4.4.2 "), replies)
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(len(self.inbox("bob@example.edu")), 1)
+
+    def test_other_protocols_have_no_connection_bound(self) -> None:
+        """The bound is SMTP's: POP3 and IMAP keep only their idle timeouts."""
+        from gateway.imap.protocol import IMAPFactory
+        from gateway.pop3.protocol import POP3Factory
+
+        for factory, role in ((POP3Factory, "pop3"), (IMAPFactory, "imap")):
+            clock = Clock()
+            proto, t = connect(factory, role, clock=clock, limits=self.limits)
+            self.assertEqual([c.getTime() for c in clock.getDelayedCalls()],
+                             [proto.idle_timeout()], factory)
+        clock = Clock()
+        proto, t = connect(SMTPFactory, "mx", clock=clock, limits=self.limits)
+        self.assertEqual(sorted(c.getTime() for c in clock.getDelayedCalls()), [300.0, 3600.0])
+
+
+class DSNTests(TransactionTestCase):
+    """RFC 3461 through the conversation: parameters, the spool, the notice."""
+
+    def test_advertised(self) -> None:
+        proto, t = connect(SMTPFactory, "mx")
+        lines(t)
+        proto.dataReceived(b"EHLO c.example\r\n")
+        self.assertIn(b"250-DSN", lines(t))
+
+    def test_malformed_parameters(self) -> None:
+        proto, t = self.open()
+        for command, reply in [
+            (b"MAIL FROM:<x@else.org> RET=BODY", b"501 5.5.4 malformed RET parameter"),
+            (b"MAIL FROM:<x@else.org> ENVID=a+zz", b"501 5.5.4 malformed ENVID parameter"),
+        ]:
+            proto.dataReceived(command + b"\r\n")
+            self.assertEqual(lines(t), [reply], command)
+        proto.dataReceived(b"MAIL FROM:<x@else.org> RET=HDRS ENVID=Q+2B1\r\n")
+        self.assertEqual(lines(t), [b"250 2.1.0 sender OK"])
+        for command, reply in [
+            (b"RCPT TO:<bob@example.edu> NOTIFY=NEVER,SUCCESS",
+             b"501 5.5.4 NOTIFY=NEVER cannot be combined with other values"),
+            (b"RCPT TO:<bob@example.edu> NOTIFY=ALWAYS", b"501 5.5.4 malformed NOTIFY parameter"),
+            (b"RCPT TO:<bob@example.edu> ORCPT=bob@example.edu",
+             b"501 5.5.4 malformed ORCPT parameter"),
+            (b"RCPT TO:<bob@example.edu> NOTIFY=SUCCESS NOTIFY=DELAY",
+             b"501 5.5.4 parameter NOTIFY given twice"),
+            (b"RCPT TO:<bob@example.edu> FOO=1", b"555 5.5.4 unsupported parameter FOO"),
+        ]:
+            proto.dataReceived(command + b"\r\n")
+            self.assertEqual(lines(t), [reply], command)
+        proto.dataReceived(b"RCPT TO:<bob@example.edu> NOTIFY=success,failure "
+                           b"ORCPT=rfc822;bob+40example.edu\r\n")
+        self.assertEqual(lines(t), [b"250 2.1.5 recipient OK"])
+
+    def test_parameters_need_ehlo(self) -> None:
+        proto, t = self.open()
+        proto.dataReceived(b"HELO c.example\r\nMAIL FROM:<x@else.org>\r\n"
+                           b"RCPT TO:<bob@example.edu> NOTIFY=SUCCESS\r\n")
+        self.assertEqual(lines(t)[-1], b"555 5.5.4 parameters need EHLO")
+
+    def test_success_notice_to_a_remote_sender_is_spooled(self) -> None:
+        """
+        NOTIFY=SUCCESS for a local recipient: after the copy is stored, a
+        delivered notice from <> goes to the sender, here elsewhere, so into
+        the spool, before the client hears 250.
+        """
+        proto, t = self.open()
+        proto.dataReceived(b"MAIL FROM:<x@else.org> ENVID=QQ+2B314\r\n"
+                           b"RCPT TO:<bob@example.edu> NOTIFY=SUCCESS ORCPT=rfc822;Bob+40example.edu\r\n"
+                           b"DATA\r\nSubject: dsn test\r\n\r\nthe body\r\n.\r\n")
+        self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0 OK queued as "))
+        self.assertEqual(len(self.inbox("bob@example.edu")), 1)
+        [notice] = self.spool.pending()
+        self.assertEqual((notice["sender"], notice["recipients"]), ("", ["x@else.org"]))
+        self.assertNotIn("dsn", notice)
+        data = Path(self.spool.new, notice["id"] + ".eml").read_bytes()
+        self.assertFalse(data.startswith(b"Received:"))  # ours: no trace line
+        self.assertIn(b"report-type=delivery-status", data)
+        self.assertIn(b"Original-Envelope-Id: QQ+314\r\n", data)
+        self.assertIn(b"Original-Recipient: rfc822;Bob@example.edu\r\n"
+                      b"Final-Recipient: rfc822; bob@example.edu\r\n"
+                      b"Action: delivered\r\nStatus: 2.0.0\r\n", data)
+        self.assertIn(b"Subject: dsn test", data)
+        self.assertNotIn(b"the body", data)
+
+    def test_success_notice_to_a_local_sender(self) -> None:
+        proto, t = self.open(peer="10.1.2.3")
+        proto.dataReceived(b"MAIL FROM:<alice@example.edu>\r\n"
+                           b"RCPT TO:<bob@example.edu> NOTIFY=SUCCESS,FAILURE\r\n"
+                           b"RCPT TO:<y@elsewhere.net> NOTIFY=FAILURE ORCPT=rfc822;y+40elsewhere.net\r\n"
+                           b"DATA\r\nSubject: both\r\n\r\nx\r\n.\r\n")
+        self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0 OK queued as "))
+        [notice] = self.inbox("alice@example.edu")
+        self.assertTrue(notice.startswith(b"Return-Path: <>\r\n"), notice[:100])
+        self.assertIn(b"Final-Recipient: rfc822; bob@example.edu\r\nAction: delivered\r\n", notice)
+        self.assertNotIn(b"y@elsewhere.net", notice.partition(b"text/rfc822-headers")[0])
+        [spooled] = self.spool.pending()
+        self.assertEqual(spooled["recipients"], ["y@elsewhere.net"])
+        self.assertEqual(spooled["dsn"], {"ret": None, "envid": None, "recipients": {
+            "y@elsewhere.net": {"notify": ["FAILURE"], "orcpt": "rfc822;y+40elsewhere.net",
+                                "rcpt": "y@elsewhere.net"}}})
+
+    def test_no_notice_for_the_null_sender(self) -> None:
+        proto, t = self.open()
+        proto.dataReceived(b"MAIL FROM:<>\r\nRCPT TO:<bob@example.edu> NOTIFY=SUCCESS\r\n"
+                           b"DATA\r\nx\r\n.\r\n")
+        self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0"))
+        self.assertEqual(len(self.inbox("bob@example.edu")), 1)
+        self.assertEqual(self.spool.pending(), [])
+
+    def test_no_notice_without_success(self) -> None:
+        proto, t = self.open()
+        proto.dataReceived(b"MAIL FROM:<alice@example.edu> RET=FULL\r\n"
+                           b"RCPT TO:<bob@example.edu> NOTIFY=FAILURE,DELAY\r\n"
+                           b"DATA\r\nx\r\n.\r\n")
+        self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0"))
+        self.assertEqual(self.inbox("alice@example.edu"), [])
+
+    def test_list_reported_expanded(self) -> None:
+        proto, t = self.open()
+        proto.dataReceived(b"MAIL FROM:<alice@example.edu> RET=FULL\r\n"
+                           b"RCPT TO:<staff@example.edu> NOTIFY=SUCCESS,FAILURE\r\n"
+                           b"DATA\r\nx\r\n.\r\n")
+        self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0"))
+        notice, copy = sorted(self.inbox("alice@example.edu"))  # alice is on the list; <> first
+        self.assertTrue(copy.startswith(b"Return-Path: <alice@example.edu>"))
+        self.assertTrue(notice.startswith(b"Return-Path: <>"))
+        self.assertIn(b"Final-Recipient: rfc822; staff@example.edu\r\nAction: expanded\r\n", notice)
+        self.assertNotIn(b"Action: delivered", notice)
+        [spooled] = self.spool.pending()
+        self.assertEqual(spooled["dsn"]["ret"], "FULL")
+        self.assertEqual(spooled["dsn"]["recipients"]["helpdesk@partner.org"],
+                         {"notify": ["FAILURE"], "orcpt": None, "rcpt": "staff@example.edu"})
+
+    def test_failed_notice_does_not_fail_the_message(self) -> None:
+        """The message is stored: a notice that cannot be delivered is
+        logged, and the client still hears 250 (else it would send again)."""
+        real = self.store.deliver
+
+        def refuse_notices(*a: Any, **kw: Any) -> Deferred[Any]:
+            if a[1].startswith(b"Return-Path: <>"):
+                raise OSError("disk full for notices")
+            return real(*a, **kw)
+
+        self.store.deliver = refuse_notices  # type: ignore[method-assign]
+        proto, t = self.open()
+        proto.dataReceived(b"MAIL FROM:<alice@example.edu>\r\n"
+                           b"RCPT TO:<bob@example.edu> NOTIFY=SUCCESS\r\nDATA\r\nx\r\n.\r\n")
+        self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0 OK queued as "))
+        self.assertEqual(len(self.inbox("bob@example.edu")), 1)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_notice_refused_by_a_full_mailbox_is_spooled(self) -> None:
+        """alice's mailbox is full: her notice waits in the spool for the
+        queue's retries, like any refused local copy."""
+        self.store = MemoryStore(clock=self.clock, quota_for=lambda account: Quota(
+            max_messages=0 if account == "alice@example.edu" else None))
+        self.delivery = Delivery(self.store, self.spool, Book(), "mail.example.edu", self.clock)
+        proto, t = self.open()
+        proto.dataReceived(b"MAIL FROM:<alice@example.edu>\r\n"
+                           b"RCPT TO:<bob@example.edu> NOTIFY=SUCCESS\r\nDATA\r\nx\r\n.\r\n")
+        self.assertTrue(lines(t)[-1].startswith(b"250 2.0.0 OK queued as "))
+        self.assertEqual(len(self.inbox("bob@example.edu")), 1)
+        [notice] = self.spool.pending()
+        self.assertEqual((notice["sender"], notice["recipients"]), ("", ["alice@example.edu"]))
+        data = Path(self.spool.new, notice["id"] + ".eml").read_bytes()
+        self.assertIn(b"Final-Recipient: rfc822; bob@example.edu\r\nAction: delivered\r\n", data)

@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from gateway.auth.realm import IAuthenticatedUser
 from gateway.auth.sasl.exchange import LoggedIn, Outcome
 from gateway.protocol import ConnectionLimitingFactory, LineProtocol
+from gateway.smtp import dsn
 from gateway.smtp.address import AddressError, parse_params, parse_path, split_command
 from gateway.smtp.data import DataReader
 from gateway.smtp.delivery import Delivery, Envelope, Reply
@@ -114,7 +115,7 @@ class SMTPServer(LineProtocol):
 
     def extensions(self) -> list[str]:
         exts = [f"SIZE {self.context.limits.max_message_size}", "8BITMIME", "PIPELINING",
-                "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+                "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN"]
         if self.can_start_tls:
             exts.append("STARTTLS")
         mechanisms = self.offered_mechanisms()
@@ -243,6 +244,7 @@ class SMTPServer(LineProtocol):
             utf8 = "SMTPUTF8" in params
             sender = parse_path(path, utf8=utf8, null_ok=True)
             self._check_mail_params(params)
+            notices = dsn.parse_mail(params)  # RFC 3461 RET, ENVID
         except UnicodeDecodeError:
             self.reply(553, "5.6.7", "non-ASCII address needs SMTPUTF8")
             return
@@ -258,7 +260,7 @@ class SMTPServer(LineProtocol):
                 sender=sender, helo=self.helo.decode("utf-8", "replace"), client=self.peer,
                 encrypted=self.encrypted,
                 tls=dict(self.tls_info) if self.encrypted else None,
-                account=self.account, esmtp=self.esmtp, utf8=utf8,
+                account=self.account, esmtp=self.esmtp, utf8=utf8, dsn=notices,
             )
 
     def _check_mail_params(self, params: dict[str, str | None]) -> None:
@@ -279,7 +281,7 @@ class SMTPServer(LineProtocol):
                 # accept it and trust only our own AUTH, so it is not used.
                 if not value:
                     raise AddressError(501, "5.5.4", "AUTH= needs a value")
-            else:
+            elif key not in ("RET", "ENVID"):  # dsn.parse_mail's
                 raise AddressError(555, "5.5.4", f"unsupported parameter {key}")
 
     def do_RCPT(self, arg: bytes) -> None:
@@ -288,8 +290,13 @@ class SMTPServer(LineProtocol):
             return
         try:
             path, raw_params = split_command(arg.decode("utf-8"), "TO")
-            if raw_params:
-                raise AddressError(555, "5.5.4", "unsupported RCPT parameter")
+            if raw_params and not self.esmtp:
+                raise AddressError(555, "5.5.4", "parameters need EHLO")
+            params = parse_params(raw_params)
+            for key in params:
+                if key not in ("NOTIFY", "ORCPT"):
+                    raise AddressError(555, "5.5.4", f"unsupported parameter {key}")
+            notices = dsn.parse_rcpt(params)  # RFC 3461 NOTIFY, ORCPT
             recipient = parse_path(path, utf8=self.envelope.utf8, postmaster_ok=True)
         except UnicodeDecodeError:
             self.reply(553, "5.6.7", "non-ASCII address needs SMTPUTF8")
@@ -301,6 +308,10 @@ class SMTPServer(LineProtocol):
                                    recipient, len(self.envelope.recipients))
         if decision.accept:
             self.envelope.recipients.append(recipient)
+            if notices is not None:
+                if self.envelope.dsn is None:
+                    self.envelope.dsn = dsn.Transaction()
+                self.envelope.dsn.add(recipient, notices)
         self.reply(decision.code, decision.enhanced, decision.text)
 
     def do_DATA(self, arg: bytes) -> None:

@@ -10,7 +10,9 @@ Layout under C{state_dir/spool}::
 
 One message is two files: the message as received (with our trace header)
 and its envelope as JSON (C{{"version": 1, "id", "sender", "recipients",
-"received"}}).  Both are written to C{tmp/} and fsynced, the message is
+"received"}}, and C{"dsn"} when the client gave DSN parameters: C{{"ret",
+"envid", "recipients": {address: {"notify", "orcpt", "rcpt"}}}}).  Both
+are written to C{tmp/} and fsynced, the message is
 renamed into C{new/} first and the envelope last, and C{new/} is fsynced
 (grouped with concurrent deliveries, L{gateway.store.fs.DirSyncer}) before
 L{Spool.enqueue} fires: an envelope in C{new/} always has its message, and
@@ -79,15 +81,22 @@ class Spool:
                     pass
 
     def enqueue(self, sender: str, recipients: list[str], data: bytes,
-                queue_id: str) -> Deferred[str]:
+                queue_id: str, dsn: dict[str, Any] | None = None) -> Deferred[str]:
         """
+        @param dsn: the RFC 3461 parameters for the outbound queue
+            (L{gateway.smtp.dsn.Settlement.spool}), kept as the envelope's
+            optional C{"dsn"} member; an envelope without it (every one
+            written before it existed) asked for nothing.
         @return: L{Deferred} firing with C{queue_id} once message and
             envelope are on disk (files and directory fsynced).
         """
-        envelope = json.dumps({
+        fields: dict[str, Any] = {
             "version": 1, "id": queue_id, "sender": sender,
             "recipients": list(recipients), "received": self.clock.seconds(),
-        }).encode("utf-8")
+        }
+        if dsn is not None:
+            fields["dsn"] = dsn
+        envelope = json.dumps(fields).encode("utf-8")
         d = self._run(self._commit, queue_id, envelope, data)
         d.addCallback(lambda _: self.dirsync.sync(self.new))
         return d.addCallback(lambda _: queue_id)
