@@ -230,9 +230,21 @@ class IFolderSession(Interface):
     def read_message(uid):  # type: ignore[no-untyped-def]
         """
         The whole message, read off the reactor thread (IMAP FETCH and
-        SEARCH; POP3 streams with L{open_message} instead).
+        SEARCH, POP3 TOP and RETR of small messages; POP3 streams large
+        ones with L{open_message}).
 
         @return: L{Deferred} firing with C{bytes}; errback L{NoSuchMessage}.
+        """
+
+    def read_messages(uids):  # type: ignore[no-untyped-def]
+        """
+        Several whole messages in one call off the reactor thread (POP3's
+        read-ahead of pipelined RETRs: one thread hop for many messages).
+        The caller bounds how much it asks for.
+
+        @return: L{Deferred} firing with a C{dict} from UID to C{bytes} for
+            the messages read; a UID missing from it is gone or was not
+            readable this way (L{read_message} says why).
         """
 
     def append(message, flags=(), internal_date=None):  # type: ignore[no-untyped-def]

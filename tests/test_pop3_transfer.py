@@ -6,10 +6,11 @@ import io
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.pop3.transfer import MessageProducer, Stuffer
+from gateway.pop3.transfer import FlowGate, MessageProducer, Stuffer
 
 MESSAGE = b"Subject: x\r\nFrom: a@b\r\n\r\nline 1\r\n.dot line\r\nline 3\r\n"
 
@@ -68,3 +69,47 @@ class ProducerTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(transport.value(), big + b".\r\n")
         self.assertIsNone(transport.producer)
+
+
+class FlowGateTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.transport = StringTransport()
+        self.gate = FlowGate(self.transport)
+        self.gate.attach()
+
+    def test_registered_as_streaming_producer(self) -> None:
+        self.assertIs(self.transport.producer, self.gate)
+        self.assertTrue(self.transport.streaming)
+        self.gate.attach()  # once only
+        self.gate.detach()
+        self.assertIsNone(self.transport.producer)
+
+    def test_wait_until_resumed(self) -> None:
+        self.successResultOf(self.gate.wait())
+        self.gate.pauseProducing()  # the transport's buffer is full
+        d = self.gate.wait()
+        self.assertNoResult(d)
+        self.gate.resumeProducing()  # ... and sent
+        self.successResultOf(d)
+
+    def test_detach_lets_waiters_go(self) -> None:
+        self.gate.pauseProducing()
+        d = self.gate.wait()
+        self.gate.detach()
+        self.successResultOf(d)
+        self.successResultOf(self.gate.wait())  # not watched while detached
+
+    def test_closing_fails_waiters(self) -> None:
+        self.gate.pauseProducing()
+        d = self.gate.wait()
+        self.gate.detach(closing=True)
+        self.failureResultOf(d, ConnectionDone)
+        self.failureResultOf(self.gate.wait(), ConnectionDone)
+        self.gate.attach()
+        self.assertIsNone(self.transport.producer)
+
+    def test_connection_lost(self) -> None:
+        self.gate.pauseProducing()
+        d = self.gate.wait()
+        self.gate.stopProducing()
+        self.failureResultOf(d, ConnectionDone)

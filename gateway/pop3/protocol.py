@@ -10,9 +10,13 @@ text to clients and logs tracebacks for client errors
 would leave little of it; the protocol itself is small.
 
 The TRANSACTION state works on a L{gateway.pop3.maildrop.Maildrop} (the
-store's interfaces only); messages are streamed from their files, byte-stuffed
-(L{gateway.pop3.transfer}).  Commands are answered one at a time, so
-pipelining (RFC 2449) keeps its order.
+store's interfaces only); messages are read in the store's thread (up to
+L{SMALL_MESSAGE} whole, larger ones streamed from their files) and
+byte-stuffed (L{gateway.pop3.transfer}).  Commands are answered one at a time, so
+pipelining (RFC 2449) keeps its order; the messages named by pipelined RETRs
+are read ahead in one call of the store's thread
+(L{gateway.pop3.readahead}), and a message is read only once the transport
+has sent what came before (L{gateway.pop3.transfer.FlowGate}).
 """
 
 from __future__ import annotations
@@ -20,14 +24,19 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 
 from gateway.auth.checkers import APOPCredentials
 from gateway.auth.realm import IAuthenticatedUser
 from gateway.auth.sasl.exchange import LoggedIn, Outcome
+from gateway.pop3.logindelay import LoginDelay
 from gateway.pop3.maildrop import Maildrop
-from gateway.pop3.transfer import MessageProducer, Stuffer
+from gateway.pop3.readahead import ReadAhead
+from gateway.pop3.transfer import FlowGate, MessageProducer, Stuffer
 from gateway.protocol import ConnectionLimitingFactory, LineProtocol
 from gateway.store.model import MailboxInUse, MessageInfo
 
@@ -61,6 +70,8 @@ class POP3Server(LineProtocol):
         self.apop_timestamp = b""
         self.user: bytes | None = None
         self.maildrop: Maildrop | None = None
+        self.read_ahead: ReadAhead | None = None
+        self.flow: FlowGate | None = None
 
     def idle_timeout(self) -> float:
         return self.context.limits.idle_timeout_pop3
@@ -123,6 +134,11 @@ class POP3Server(LineProtocol):
                 caps.append(b"SASL " + " ".join(mechanisms).encode("ascii"))
             if self.can_start_tls:
                 caps.append(b"STLS")
+        delay = self.context.limits.pop3_login_delay
+        if delay > 0:
+            # RFC 2449 section 6.5: the same for every account, so the bare
+            # number in both states.
+            caps.append(b"LOGIN-DELAY %d" % delay)
         caps.append(b"IMPLEMENTATION mailgateway")
         return caps
 
@@ -202,8 +218,8 @@ class POP3Server(LineProtocol):
         if not rest.strip():
             # The RFC 1734 listing many clients still ask for.
             self.send(OK, "methods follow")
-            for name in self.offered_mechanisms():
-                self.sendLine(name.encode("ascii"))
+            for mechanism in self.offered_mechanisms():
+                self.sendLine(mechanism.encode("ascii"))
             self.sendLine(b".")
             return
         name, _, initial = rest.strip().partition(b" ")
@@ -219,6 +235,12 @@ class POP3Server(LineProtocol):
 
     def _login_finished(self, outcome: Outcome) -> Any:
         if isinstance(outcome, LoggedIn):
+            if not self.factory.login_delay.allowed(outcome.account):
+                # RFC 2449 section 8.1.1, once the credentials are proven
+                # (a wrong password still gets [AUTH]); nothing is locked.
+                self._abandon_login()
+                self.send(ERR, "[LOGIN-DELAY] logged in too recently, try again later")
+                return None
             return self._open_maildrop(outcome.account)
         if outcome.temporary:
             self.send(ERR, "[SYS/TEMP] temporary authentication failure, try again later")
@@ -228,6 +250,13 @@ class POP3Server(LineProtocol):
             self.send(ERR, "[AUTH] authentication failed")
         if self.too_many_auth_failures:
             self.disconnect()
+
+    def _abandon_login(self) -> None:
+        """Undo a proven login that does not reach TRANSACTION."""
+        self.account = None
+        if self.logout is not None:
+            logout, self.logout = self.logout, None
+            logout()
 
     def _open_maildrop(self, account: str) -> Any:
         store = self.context.extras.get("store")
@@ -240,17 +269,18 @@ class POP3Server(LineProtocol):
                 maildrop.close()
                 return
             self.maildrop = maildrop
+            self.read_ahead = ReadAhead(maildrop, SMALL_MESSAGE)
+            self.flow = FlowGate(self.transport)
+            self.flow.attach()
             self.state = "TRANSACTION"
+            self.factory.login_delay.record(account)
             live = maildrop.live()
             self.send(OK, f"logged in, {len(live)} messages "
                           f"({sum(m.size for _, m in live)} octets)")
 
         def failed(failure: Any) -> None:
             # The login succeeded but the maildrop is not ours: no login.
-            self.account = None
-            if self.logout is not None:
-                logout, self.logout = self.logout, None
-                logout()
+            self._abandon_login()
             if failure.check(MailboxInUse):
                 self.send(ERR, "[IN-USE] mailbox in use by another session")
             else:
@@ -278,7 +308,7 @@ class POP3Server(LineProtocol):
     def _message(self, maildrop: Maildrop, text: bytes) -> tuple[int, Any] | None:
         number = self._message_number(text)
         info = maildrop.get(number) if number is not None else None
-        if info is None:
+        if number is None or info is None:
             self.send(ERR, "no such message")
             return None
         return number, info
@@ -310,30 +340,66 @@ class POP3Server(LineProtocol):
     def do_UIDL(self, rest: bytes) -> None:
         self._listing(rest, "unique-id listing follows", lambda m: uidl(m.key))
 
-    def _send_message(self, maildrop: Maildrop, uid: int, size_line: str,
-                      body_lines: int | None, size: int) -> Any:
+    def _write_whole(self, size_line: str, data: bytes, body_lines: int | None) -> None:
         stuffer = Stuffer(body_lines)
-        if size <= SMALL_MESSAGE:
-            # Read whole in the store's thread, written at once: no producer
-            # round trip per message when a client pipelines many RETRs.
-            def whole(data: bytes) -> None:
-                self.transport.write(b"".join((OK, b" ", size_line.encode("ascii"), b"\r\n",
-                                               stuffer.feed(data), stuffer.finish())))
+        self.transport.writeSequence((OK, b" ", size_line.encode("ascii"), b"\r\n",
+                                      stuffer.feed(data), stuffer.finish()))
 
-            d: Any = maildrop.session.read_message(uid).addCallback(whole)
+    def _send_message(self, number: int, info: MessageInfo, size_line: str,
+                      body_lines: int | None) -> Any:
+        maildrop, flow, read_ahead = self.maildrop, self.flow, self.read_ahead
+        assert maildrop is not None and flow is not None and read_ahead is not None
+        if info.size <= SMALL_MESSAGE:
+            # Read whole in the store's thread (for RETR with the messages
+            # of the RETRs pipelined behind it), written at once.
+            def read(_: None) -> Deferred[bytes]:
+                if body_lines is None:
+                    return read_ahead.read(number, self._pipelined_retrs())
+                return maildrop.session.read_message(info.uid)
+
+            d: Any = flow.wait().addCallback(read).addCallback(
+                lambda data: self._write_whole(size_line, data, body_lines))
         else:
+            # Streamed through a pull producer, which takes the gate's place
+            # with the transport meanwhile.
             def stream(file: Any) -> Any:
+                flow.detach()
                 self.send(OK, size_line)
-                return MessageProducer(file, self.transport, stuffer).start()
+                return MessageProducer(file, self.transport, Stuffer(body_lines)).start()
 
-            d = maildrop.session.open_message(uid).addCallback(stream)
+            def reattach(result: Any) -> Any:
+                if self.flow is flow and not self.transport.disconnecting:
+                    flow.attach()
+                return result
+
+            d = flow.wait().addCallback(lambda _: maildrop.session.open_message(info.uid))
+            d.addCallback(stream).addBoth(reattach)
 
         def failed(failure: Any) -> None:
+            if (self.transport is None or self.transport.disconnecting or flow.stopped
+                    or failure.check(ConnectionError, ConnectionDone)):
+                return  # the connection is gone; nothing to answer
             self.log.failure("{listener}: reading message {uid}", failure,
-                             listener=self.context.listener.name, uid=uid)
+                             listener=self.context.listener.name, uid=info.uid)
             self.send(ERR, "[SYS/TEMP] cannot read the message")
 
         return self.serialize(d.addErrback(failed))
+
+    def _pipelined_retrs(self) -> Iterator[int]:
+        """
+        The message numbers of the RETR commands received after the one
+        being answered and not read yet (they wait in C{LineReceiver}'s
+        buffer while this one is served), lazily, in order.
+        """
+        buffer = self._buffer
+        start = 0
+        while (end := buffer.find(b"\r\n", start)) >= 0:
+            verb, _, arg = buffer[start:end].partition(b" ")
+            start = end + 2
+            if verb.upper() == b"RETR":
+                number = self._message_number(arg.strip())
+                if number is not None:
+                    yield number
 
     def do_RETR(self, rest: bytes) -> Any:
         maildrop = self._maildrop()
@@ -342,7 +408,14 @@ class POP3Server(LineProtocol):
             return None
         number, info = found
         maildrop.retrieved.add(number)  # marked \\Seen when the session ends
-        return self._send_message(maildrop, info.uid, f"{info.size} octets", None, info.size)
+        size_line = f"{info.size} octets"
+        assert self.read_ahead is not None
+        data = self.read_ahead.take(number)
+        if data is not None:
+            # Read ahead with an earlier RETR: answered now, no thread hop.
+            self._write_whole(size_line, data, None)
+            return None
+        return self._send_message(number, info, size_line, None)
 
     def do_TOP(self, rest: bytes) -> Any:
         maildrop = self._maildrop()
@@ -356,8 +429,7 @@ class POP3Server(LineProtocol):
         found = self._message(maildrop, parts[0])
         if found is None:
             return None
-        return self._send_message(maildrop, found[1].uid, "top of message follows", count,
-                                  found[1].size)
+        return self._send_message(found[0], found[1], "top of message follows", count)
 
     def do_DELE(self, rest: bytes) -> None:
         maildrop = self._maildrop()
@@ -402,8 +474,16 @@ class POP3Server(LineProtocol):
         d.addBoth(lambda _: self.disconnect())
         return self.serialize(d)
 
+    def disconnect(self) -> None:
+        # A registered producer would keep a TLS transport from closing.
+        if self.flow is not None and self.transport is not None:
+            self.flow.detach(closing=True)
+        super().disconnect()
+
     def connectionLost(self, reason: Any = None) -> None:
         # A dropped connection deletes nothing (RFC 1939 section 6).
+        if self.read_ahead is not None:
+            self.read_ahead.clear()
         maildrop, self.maildrop = self.maildrop, None
         if maildrop is not None:
             maildrop.close()
@@ -412,3 +492,10 @@ class POP3Server(LineProtocol):
 
 class POP3Factory(ConnectionLimitingFactory):
     protocol_class = POP3Server
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        # One record of last logins for every POP3 listener: the contexts
+        # of one service share their extras.
+        self.login_delay: LoginDelay = context.extras.setdefault(
+            "pop3.login_delay", LoginDelay(context.limits.pop3_login_delay, context.clock))

@@ -8,14 +8,18 @@ keeps with CRLF line ends), it returns the bytes to send.  For TOP it stops
 after the header and C{n} body lines (RFC 1939 section 7).  L{MessageProducer}
 pushes a file through it to the transport as a pull producer, so a large
 message is never in memory whole and a slow client is not flooded.
+L{FlowGate} tells the protocol when the transport has sent what it was
+given, so that messages sent whole are not piled up for a client that does
+not read.
 """
 
 from __future__ import annotations
 
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPullProducer, IPushProducer
 from zope.interface import implementer
 
 CHUNK = 64 * 1024
@@ -120,3 +124,75 @@ class MessageProducer:
             self.deferred.callback(None)
         else:
             self.deferred.errback(error)
+
+
+@implementer(IPushProducer)
+class FlowGate:
+    """
+    A streaming producer that produces nothing itself: registered with the
+    transport, it is paused when the transport's send buffer goes over its
+    threshold (C{bufferSize}, 64 KiB for TCP) and resumed once the buffer
+    is sent, and L{wait} lets the protocol hold its next read until then.
+
+    While a gate is registered a TLS transport does not finish closing, and
+    a TCP one does not close if the gate is paused: L{detach} before
+    closing (and before registering another producer).
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.attached = False
+        self.paused = False
+        self.stopped = False
+        self._waiting: list[Deferred[None]] = []
+
+    def attach(self) -> None:
+        if not self.attached and not self.stopped:
+            self.attached = True
+            self.transport.registerProducer(self, True)
+
+    def detach(self, closing: bool = False) -> None:
+        """
+        Unregister.  Waiters go on at once (the transport's buffer is no
+        longer watched: the protocol streams a message itself) or, if
+        C{closing}, fail with L{ConnectionDone} and no further wait
+        succeeds.
+        """
+        if self.attached:
+            self.attached = False
+            self.transport.unregisterProducer()
+        self.paused = False
+        if closing:
+            self.stopProducing()
+        else:
+            self._release()
+
+    def wait(self) -> Deferred[None]:
+        """Fires once the transport is under its threshold (now if it is);
+        errback L{ConnectionDone} if the connection is lost first."""
+        if self.stopped:
+            return fail(ConnectionDone("connection lost"))
+        if not (self.attached and self.paused):
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._release()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.attached = False
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(ConnectionDone("connection lost"))
+
+    def _release(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)

@@ -343,6 +343,10 @@ class MemorySession:
         body = self._folder.bodies.get(uid)
         return fail(NoSuchMessage(uid)) if body is None else succeed(body)
 
+    def read_messages(self, uids: Iterable[int]) -> Deferred[dict[int, bytes]]:
+        bodies = self._folder.bodies
+        return succeed({uid: bodies[uid] for uid in uids if uid in bodies})
+
     def append(self, message: bytes | str, flags: Iterable[str] = (),
                internal_date: float | None = None) -> Deferred[int]:
         body = self._store._body(message)

@@ -13,7 +13,11 @@ listener (smtplib, STARTTLS), then downloaded.  What counts:
     else is;
   - a client that tries a plain-text login before STLS is refused with
     C{-ERR [AUTH]}, and a client that checks certificates refuses the
-    gateway's when told to trust another CA.
+    gateway's when told to trust another CA;
+  - pipelined RETRs (none of these clients pipelines: poplib's socket is
+    driven by hand) come back in order and byte for byte to a client that
+    is slow to read, and the connection closes after QUIT, over TLS too;
+    LOGIN-DELAY is advertised and enforced.
 
 POP3 downloads and deletes, so each test takes an account of its own (with
 an empty mailbox) on a gateway the tests share; the connection-slot tests,
@@ -56,6 +60,8 @@ from tests.interop.clients import Run
 from tests.interop.mailclients import (
     ALICE,
     ALICE_PASSWORD,
+    BOB,
+    BOB_PASSWORD,
     Fetched,
     MailGateway,
     curl_run,
@@ -698,3 +704,84 @@ class ConnectionSlotTests(POP3TestCase):
     def test_pop3s_auth_failure_disconnects_release_their_connection(self) -> None:
         self.failures("pop3s")
 
+
+
+# -- pipelining and LOGIN-DELAY, with poplib's connection ----------------------
+
+
+def unstuff(reply: bytes) -> bytes:
+    """A RETR reply's message: the status line, the dot-stuffing and the
+    terminating line taken off (RFC 1939 section 3)."""
+    _, _, body = reply.partition(b"\r\n")
+    assert body.endswith(b"\r\n.\r\n") or body == b".\r\n", body[-20:]
+    lines = body[:-3].split(b"\r\n")
+    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines)
+
+
+class PipeliningTests(POP3TestCase):
+    """
+    A client that pipelines every RETR (RFC 2449 PIPELINING) and then QUIT,
+    and reads nothing for a while: the gateway holds back (it reads ahead
+    only what the transport has room for) and, once the client reads, sends
+    every message in order, byte for byte, then +OK and closes, over TLS too
+    (a producer still registered with a TLS transport would keep it from
+    closing).
+    """
+
+    def pipeline(self, listener: str) -> None:
+        box = self.mailbox()
+        # 160 KB messages are read ahead; the last, 320 KB, is streamed.
+        bodies = ["\r\n".join([".dotted " + "y" * 70] * lines) for lines in (2000,) * 3 + (4000,)]
+        stored = fill(box.gw, box.account, 12)  # the first has TRICKY_BODY
+        marks = [token() for _ in bodies]
+        box.gw.deliver([message(mark, to=box.account, body=body)
+                        for mark, body in zip(marks, bodies, strict=True)], [box.account])
+        stored += [(mark, box.gw.inbox_with(box.account, mark)[0]) for mark in marks]
+        client = self.connect(box.gw, listener)
+        if listener == "pop3":
+            client.stls(box.gw.context())
+        client.user(box.account)
+        client.pass_(box.password)
+        count = len(stored)
+        client.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in range(1, count + 1))
+                            + b"NOOP\r\nQUIT\r\n")
+        time.sleep(0.5)  # not reading
+        received = client.file.read()  # to the end: the gateway must close
+        replies = received.split(b"\r\n.\r\n")
+        self.assertEqual(len(replies), count + 1, received[-200:])
+        for (mark, data), reply in zip(stored, replies, strict=False):
+            self.assertTrue(reply.startswith(b"+OK %d octets\r\n" % len(data)), mark)
+            self.assertEqual(unstuff(reply + b"\r\n.\r\n"), data, mark)
+        self.assertEqual(replies[-1], b"+OK\r\n+OK bye\r\n")
+
+    def test_pop3s(self) -> None:
+        self.pipeline("pop3s")
+
+    def test_stls(self) -> None:
+        self.pipeline("pop3")
+
+
+class LoginDelayTests(POP3TestCase):
+    """RFC 2449 LOGIN-DELAY with poplib, on a gateway configured for it."""
+
+    def test_capa_and_refusal(self) -> None:
+        gw = mail_gateway(self, extra="[limits]\npop3_login_delay = 3600\n")
+        client = self.connect(gw, "pop3s")
+        self.assertEqual(client.capa().get("LOGIN-DELAY"), ["3600"])
+        client.user(ALICE)
+        client.pass_(ALICE_PASSWORD)
+        client.quit()
+        client = self.connect(gw, "pop3s")
+        client.user(ALICE)
+        with self.assertRaises(poplib.error_proto) as wrong:
+            client.pass_("not-her-password")
+        self.assertTrue(wrong.exception.args[0].startswith(b"-ERR [AUTH] "))
+        client.user(ALICE)
+        with self.assertRaises(poplib.error_proto) as soon:
+            client.pass_(ALICE_PASSWORD)
+        self.assertTrue(soon.exception.args[0].startswith(b"-ERR [LOGIN-DELAY] "))
+        # The session is back in AUTHORIZATION: bob, who has not logged in
+        # lately, gets in on the same connection.
+        client.user(BOB)
+        self.assertTrue(client.pass_(BOB_PASSWORD).startswith(b"+OK"))
+        client.quit()
