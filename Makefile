@@ -20,7 +20,8 @@ TEST_STAMP := $(VENV)/.installed-test
 TEST_PACKAGES := openssl \
     libkrb5-dev krb5-kdc krb5-admin-server krb5-user \
     gsasl cyrus-clients libsasl2-modules libsasl2-modules-otp libsasl2-modules-gssapi-mit \
-    swaks libnet-ssleay-perl msmtp curl fetchmail getmail6
+    swaks libnet-ssleay-perl msmtp curl fetchmail getmail6 \
+    isync offlineimap3
 
 .PHONY: run test check lint venv dev-certs clean
 

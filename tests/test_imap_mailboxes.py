@@ -6,10 +6,15 @@ ID, ENABLE, and the state rules.
 
 from __future__ import annotations
 
+import re
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import Limits
-from gateway.imap.mailboxes import decode_name, encode_name, parse_date_time
+from gateway.imap.mailboxes import ListPattern, decode_name, encode_name, parse_date_time
 from gateway.imap.parser import Atom, ParseError, String
 from gateway.imap.protocol import IMAPFactory
 from tests.imap_support import ALICE, SIMPLE, logged_in, send
@@ -111,6 +116,24 @@ class ManagementTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(store.status(ALICE, "Saved")).messages, 1)
         self.assertEqual(send(proto, t, b"c RENAME Saved INBOX"),
                          [b"c NO [ALREADYEXISTS] INBOX always exists"])
+
+    def test_list_pattern_with_many_wildcards_answers_at_once(self) -> None:
+        """
+        Regression: LIST patterns were regular expressions that backtracked
+        exponentially; this LIST held the reactor for minutes (found
+        probing the gateway that mbsync and offlineimap were run against).
+        """
+        proto, t, _ = logged_in()
+        send(proto, t, b'a CREATE "Projects/2026 Q1/some quite long folder name"')
+        started = time.monotonic()  # the regular expressions took 5 to 30 s here
+        self.assertEqual(send(proto, t, b'a LIST "" "*%*%*%*%*%x"'), [b"a OK LIST completed"])
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertEqual(send(proto, t, b'b LIST "" "' + b"*%" * 40 + b'x"'),
+                         [b"b OK LIST completed"])
+        self.assertEqual(send(proto, t, b'c LIST "" "' + b"%*" * 40 + b'name"'), [
+            b'* LIST (\\HasNoChildren) "/" "Projects/2026 Q1/some quite long folder name"',
+            b"c OK LIST completed"])
+        self.assertLess(time.monotonic() - started, 1.0)
 
     def test_list_empty_pattern(self) -> None:
         proto, t, _ = logged_in()
@@ -250,6 +273,21 @@ class NameTests(SynchronousTestCase):
         for name in ["INBOX", "a&b", "\u65e5\u672c\u8a9e/x", "caf\u00e9 \U0001F600"]:
             self.assertEqual(decode_name(Atom(encode_name(name))), name)
 
+    def test_encoded_ascii_refused(self) -> None:
+        """
+        RFC 3501 section 5.1.3: printable US-ASCII never appears in the
+        base64 of modified UTF-7 (C{&AGE-} is "a", C{&AC8-} the delimiter,
+        C{&AC4ALg-} ".."): one name, one spelling.
+        """
+        for bad in [b"&AGE-", b"x&AC8-y", b"&AC4ALg-", b"&AOkAYQ-"]:
+            self.assertRaises(ParseError, decode_name, String(bad))
+        self.assertEqual(decode_name(String(b"&AOkA6Q-")), "\u00e9\u00e9")
+        proto, t, _ = logged_in()
+        self.assertEqual(send(proto, t, b"a CREATE x&AC8-y"),
+                         [b"a BAD mailbox name is not modified UTF-7"])
+        self.assertEqual(send(proto, t, b"b SELECT &AEkATgBCAE8AWA-"),
+                         [b"b BAD mailbox name is not modified UTF-7"])
+
     def test_inbox_case(self) -> None:
         self.assertEqual(decode_name(String(b"iNbOx")), "INBOX")
         self.assertEqual(decode_name(String(b"iNbOx/a")), "iNbOx/a")
@@ -258,3 +296,27 @@ class NameTests(SynchronousTestCase):
         self.assertEqual(parse_date_time(String(b" 1-Jan-2000 00:00:00 +0100")), 946681200.0)
         for bad in [b"31-Feb-2000 00:00:00 +0000", b"1-Jan-2000", b"1-Foo-2000 00:00:00 +0000"]:
             self.assertRaises(ParseError, parse_date_time, String(bad))
+
+
+def reference_match(pattern: str, name: str) -> bool:
+    """LIST wildcards as a regular expression: right, but exponential on some patterns."""
+    regex = "".join(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.DOTALL) is not None
+
+
+class ListPatternTests(SynchronousTestCase):
+    @given(st.text("ab/*%", max_size=8), st.text("ab/", max_size=10))
+    def test_same_as_a_regular_expression(self, pattern: str, name: str) -> None:
+        self.assertEqual(ListPattern(pattern).match(name), reference_match(pattern, name))
+
+    def test_examples(self) -> None:
+        cases = [("*", "", True), ("%", "a/b", False), ("%/%", "a/b", True), ("a*", "a/b/c", True),
+                 ("a%", "a/b", False), ("%*%", "x", True), ("INBOX", "INBOX", True),
+                 ("IN%X", "INBOX", True), ("a", "ab", False), ("", "", True), ("", "a", False)]
+        for pattern, name, expected in cases:
+            self.assertEqual(ListPattern(pattern).match(name), expected, (pattern, name))
+
+    def test_linear_in_the_name(self) -> None:
+        started = time.monotonic()
+        self.assertFalse(ListPattern("*%" * 500 + "x").match("y" * 2000))
+        self.assertLess(time.monotonic() - started, 1.0)

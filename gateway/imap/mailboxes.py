@@ -57,8 +57,13 @@ def decode_name(token: Token) -> str:
                 out.append("&")
             else:
                 b64 = text[i + 1:end].replace(b",", b"/")
-                out.append(base64.b64decode(b64 + b"=" * (-len(b64) % 4),
-                                            validate=True).decode("utf-16-be"))
+                chunk = base64.b64decode(b64 + b"=" * (-len(b64) % 4),
+                                         validate=True).decode("utf-16-be")
+                if any(0x20 <= ord(char) <= 0x7E for char in chunk):
+                    # RFC 3501 section 5.1.3: printable US-ASCII is never
+                    # encoded; "&AC8-" would be a second spelling of "/".
+                    raise ValueError
+                out.append(chunk)
             i = end + 1
     except ValueError:
         raise Bad("mailbox name is not modified UTF-7") from None
@@ -91,11 +96,54 @@ def quoted_name(name: str) -> bytes:
     return nstring(encode_name(name))
 
 
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """LIST wildcards (RFC 3501 section 6.3.8): C{*} matches anything, C{%}
-    anything but the delimiter."""
-    parts = [".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern]
-    return re.compile("".join(parts) + r"\Z", re.DOTALL)
+class ListPattern:
+    """
+    A LIST pattern (RFC 3501 section 6.3.8): C{*} matches anything, C{%}
+    anything but the delimiter, every other character itself.
+
+    Matched as a set of pattern positions kept in the bits of an integer,
+    one step per character of the name: time linear in the name's length.
+    The regular expression this replaces (C{.*[^/]*.*[^/]*...}) backtracked
+    exponentially: C{LIST "" "*%*%*%*%*%*%x"} held the reactor (every
+    connection of the gateway) for some 16 seconds per folder, one more
+    C{*%} for minutes.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        # A run of wildcards matches what its widest member matches.
+        chars: list[str] = []
+        for c in pattern:
+            if c in "*%" and chars and chars[-1] in "*%":
+                if c == "*":
+                    chars[-1] = "*"
+                continue
+            chars.append(c)
+        self._star = self._percent = 0
+        self._literal: dict[str, int] = {}
+        for i, c in enumerate(chars):
+            if c == "*":
+                self._star |= 1 << i
+            elif c == "%":
+                self._percent |= 1 << i
+            else:
+                self._literal[c] = self._literal.get(c, 0) | 1 << i
+        self._wild = self._star | self._percent
+        self._end = 1 << len(chars)
+
+    def _skip_wildcards(self, positions: int) -> int:
+        # A wildcard may match nothing; no two wildcards are adjacent.
+        return positions | (positions & self._wild) << 1
+
+    def match(self, name: str) -> bool:
+        positions = self._skip_wildcards(1)
+        for c in name:
+            positions = ((positions & self._literal.get(c, 0)) << 1
+                         | positions & self._star
+                         | (positions & self._percent if c != DELIMITER else 0))
+            if not positions:
+                return False
+            positions = self._skip_wildcards(positions)
+        return bool(positions & self._end)
 
 
 def parse_date_time(token: Token) -> float:
@@ -235,12 +283,12 @@ class MailboxCommands:
         full = reference + pattern
         if full[:5].upper() == "INBOX":
             full = "INBOX" + full[5:]
-        regex = pattern_regex(full)
+        matcher = ListPattern(full)
         try:
             folders = await self.store.folders(self.account)
         except StoreError as e:
             raise No(store_refusal(e)) from None
-        return [f for f in folders if regex.match(f.name)]
+        return [f for f in folders if matcher.match(f.name)]
 
     async def cmd_LIST(self, tag: bytes, args: list[Token]) -> str:
         for folder in await self._list(args, "LIST"):

@@ -2,7 +2,8 @@
 """
 The mail clients of other projects that the mail interoperability tests
 drive against the real gateway (L{GatewayProcess} under twistd): swaks,
-msmtp, curl, fetchmail and getmail6, and what those tests need around them:
+msmtp, curl, fetchmail, getmail6, mbsync and offlineimap, and what those
+tests need around them:
 a gateway with a chosen relay policy and limits, messages carrying a unique
 token, and a look into the gateway's Maildirs and outbound spool.
 
@@ -54,7 +55,8 @@ STRANGER = "stranger@elsewhere.test"
 
 #: What C{make test} must install for these tests.  swaks needs Net::SSLeay
 #: for STARTTLS and implicit TLS, which its package only recommends.
-DEBIAN_PACKAGES = ("swaks", "libnet-ssleay-perl", "msmtp", "curl", "fetchmail", "getmail6")
+DEBIAN_PACKAGES = ("swaks", "libnet-ssleay-perl", "msmtp", "curl", "fetchmail", "getmail6",
+                   "isync", "offlineimap3")
 
 #: Program -> Debian package.
 PACKAGES = {
@@ -63,6 +65,8 @@ PACKAGES = {
     "curl": "curl",
     "fetchmail": "fetchmail",
     "getmail": "getmail6",
+    "mbsync": "isync",
+    "offlineimap": "offlineimap3",
 }
 
 
@@ -609,3 +613,72 @@ def getmail_run(gw: MailGateway, directory: Path, listener: str, *, apop: bool =
 def lf(data: bytes) -> bytes:
     """A message with LF line ends, as clients that hand mail to local programs write it."""
     return data.replace(b"\r\n", b"\n")
+
+
+# -- mbsync and offlineimap --------------------------------------------------
+
+
+def mbsync_run(gw: MailGateway, directory: Path, listener: str, *, user: str,
+               password: str, ca: Path | None = None, mechanism: str | None = None,
+               timeout: float = 30.0) -> Run:
+    """
+    mbsync (isync) once over every folder (C{Patterns *}), two-way: new
+    messages, flags and deletions both ways, folders created both ways,
+    C{\\Deleted} expunged on both sides.  The local side is the Maildir
+    tree C{directory/mail} (C{SubFolders Verbatim}: C{Projects/2026} is
+    C{mail/Projects/2026}), its sync state inside each folder.  STARTTLS
+    on C{imap}, TLS from the first byte on C{imaps}; the certificate is
+    checked for C{localhost} against C{ca} (the gateway's).  C{mechanism}:
+    C{AuthMechs} (C{LOGIN} is the LOGIN command), else mbsync's choice.
+    """
+    mail = directory / "mail"
+    mail.mkdir(exist_ok=True)
+    secret = directory / "password"  # any character, no quoting rules
+    secret.write_text(password)
+    secret.chmod(0o600)
+    rc = directory / "mbsyncrc"
+    rc.write_text(
+        "IMAPAccount gateway\n"
+        "Host localhost\n"
+        f"Port {gw.port(listener)}\n"
+        f"User {user}\n"
+        f'PassCmd "cat {secret}"\n'
+        f"SSLType {'IMAPS' if listener == 'imaps' else 'STARTTLS'}\n"
+        f"CertificateFile {ca or gw.ca}\n"
+        "Timeout 20\n"
+        + (f"AuthMechs {mechanism}\n" if mechanism else "") + "\n"
+        "IMAPStore far\nAccount gateway\n\n"
+        f"MaildirStore near\nPath {mail}/\nInbox {mail}/INBOX\nSubFolders Verbatim\n\n"
+        "Channel both\nFar :far:\nNear :near:\nPatterns *\nCreate Both\nRemove Both\n"
+        "Expunge Both\nSyncState *\nSync All\n"
+    )
+    rc.chmod(0o600)
+    return run([program("mbsync"), "--debug-net", "-c", str(rc), "-a"], timeout=timeout,
+               env={"HOME": str(directory)}, cwd=directory)
+
+
+def offlineimap_run(gw: MailGateway, directory: Path, listener: str, *, user: str,
+                    password: str, ca: Path | None = None, timeout: float = 60.0) -> Run:
+    """
+    offlineimap once (C{-o}, one thread, plain log) over every folder,
+    two-way, into the Maildir tree C{directory/mail} (C{sep = /}: nested
+    folders are nested directories), its state in C{directory/meta}.
+    STARTTLS on C{imap}, TLS from the first byte on C{imaps}; the
+    certificate is checked for C{localhost} against C{ca} (the gateway's).
+    """
+    mail = directory / "mail"
+    mail.mkdir(exist_ok=True)
+    implicit = listener == "imaps"
+    rc = directory / "offlineimaprc"
+    rc.write_text(
+        f"[general]\naccounts = gateway\nmetadata = {directory / 'meta'}\nui = basic\nsocktimeout = 20\n\n"
+        "[Account gateway]\nlocalrepository = near\nremoterepository = far\n\n"
+        f"[Repository near]\ntype = Maildir\nlocalfolders = {mail}\nsep = /\n\n"
+        "[Repository far]\ntype = IMAP\nremotehost = localhost\n"
+        f"remoteport = {gw.port(listener)}\nremoteuser = {user}\nremotepass = {password}\n"
+        f"ssl = {'yes' if implicit else 'no'}\nstarttls = {'no' if implicit else 'yes'}\n"
+        f"sslcacertfile = {ca or gw.ca}\nmaxconnections = 1\n"
+    )
+    rc.chmod(0o600)
+    return run([program("offlineimap"), "-c", str(rc), "-o", "-1", "-d", "imap"],
+               timeout=timeout, env={"HOME": str(directory)}, cwd=directory)
