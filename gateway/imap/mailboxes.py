@@ -16,6 +16,7 @@ import base64
 import calendar
 import datetime
 import re
+from operator import attrgetter
 from typing import Any
 
 from gateway.imap.fetch import flags_list
@@ -197,7 +198,10 @@ class MailboxCommands:
         self.state = "SELECTED"
         self.watch(session)
         messages = session.messages()
-        keywords = sorted({f for m in messages for f in m.flags if f not in SYSTEM_FLAGS})
+        # Messages share their few distinct flag sets: look at each set once
+        # (a SELECT of 100,000 messages spent most of its time here).
+        distinct = set(map(attrgetter("flags"), messages))
+        keywords = sorted({f for flags in distinct for f in flags if f not in SYSTEM_FLAGS})
         flags = flags_list(set(SYSTEM_FLAGS) | set(keywords), False)
         self.untagged(b"FLAGS " + flags)
         if readonly:

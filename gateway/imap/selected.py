@@ -11,6 +11,9 @@ message itself (L{gateway.imap.fetch.needs_body}).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+from itertools import islice
+from operator import attrgetter
 from typing import Any
 
 from gateway.imap import fetch
@@ -22,6 +25,24 @@ from gateway.store.model import MessageInfo, NoSuchMessage, StoreError
 _STORE_MODES = {b"FLAGS": "replace", b"+FLAGS": "add", b"-FLAGS": "remove"}
 
 
+_UID = attrgetter("uid")
+
+
+def _walk(messages: list[MessageInfo],
+          spans: list[tuple[int, int]]) -> Iterator[tuple[int, MessageInfo]]:
+    """The messages of the index spans C{[start, end)}, merged, in order."""
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if start >= end:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    for start, end in merged:
+        yield from zip(range(start + 1, end + 1), islice(messages, start, end))
+
+
 class SelectedCommands:
     """Mixed into L{gateway.imap.protocol.IMAPServer}."""
 
@@ -29,34 +50,37 @@ class SelectedCommands:
     account: str | None
     session: Any
     transport: Any
+    context: Any
     untagged: Any
 
-    def messages_for(self, token: Token, uid: bool) -> list[tuple[int, MessageInfo]]:
+    def messages_for(self, token: Token, uid: bool) -> Iterator[tuple[int, MessageInfo]]:
         """
         The C{(sequence number, info)} of the messages a set names, in
-        order, each once.
+        order, each once, produced as they are consumed: a FETCH 1:* of
+        100,000 messages builds no set or list of them.  The set is checked
+        at once.
 
         @raise Bad: a malformed set, or a sequence number that does not
             exist (UIDs that do not exist are ignored, RFC 3501 section
             6.4.8).
         """
         ranges = parse_sequence_set(token)  # type: ignore[arg-type]
-        messages = self.session.messages()
+        messages = self.session.messages()  # replaced by a sync, never changed
         if not messages:
             if uid:
-                return []
+                return iter(())
             raise Bad("invalid message sequence number: the mailbox is empty")
-        picked: set[int] = set()
+        spans = []
         if uid:
-            uids = [m.uid for m in messages]
-            for lo, hi in resolve(ranges, uids[-1]):
-                picked.update(range(bisect_left(uids, lo), bisect_right(uids, hi)))
+            for lo, hi in resolve(ranges, messages[-1].uid):
+                spans.append((bisect_left(messages, lo, key=_UID),
+                               bisect_right(messages, hi, key=_UID)))
         else:
             for lo, hi in resolve(ranges, len(messages)):
                 if hi > len(messages):
                     raise Bad("invalid message sequence number")
-                picked.update(range(lo - 1, hi))
-        return [(i + 1, messages[i]) for i in sorted(picked)]
+                spans.append((lo - 1, hi))
+        return _walk(messages, spans)
 
     def _writable(self) -> None:
         if self.session.readonly:

@@ -21,7 +21,7 @@ the session semantics of the contract are written once:
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from weakref import WeakSet
 
@@ -47,6 +47,7 @@ class FolderModel:
         self._base = 0
         # Weak: a session that is dropped without close() must not pin the log.
         self._views: WeakSet[View] = WeakSet()
+        self._snapshot: tuple[tuple[int, int], list[MessageInfo], list[int]] | None = None
 
     @property
     def version(self) -> int:
@@ -81,6 +82,20 @@ class FolderModel:
         self._views.discard(view)
         self.trim()
 
+    def snapshot(self) -> tuple[list[MessageInfo], list[int]]:
+        """
+        The messages in UID order and their UIDs, shared by every view that
+        opens while the folder does not change: a view never changes these
+        lists in place (it replaces them), so a SELECT of a big folder
+        copies nothing, and sessions on it share one list.  Kept while the
+        folder is (16 bytes a message, next to the few hundred of its
+        L{MessageInfo}), for the next SELECT.
+        """
+        key = (self.version, len(self.infos))  # (a first load changes no version)
+        if self._snapshot is None or self._snapshot[0] != key:
+            self._snapshot = (key, list(self.infos.values()), list(self.infos))
+        return self._snapshot[1], self._snapshot[2]
+
     def trim(self) -> None:
         low = min((v.version for v in self._views), default=self.version)
         if low > self._base:
@@ -88,12 +103,13 @@ class FolderModel:
             self._base = low
 
     def claim_recent(self, uids: list[int], readonly: bool) -> set[int]:
-        """The UIDs among C{uids} that are recent for a session; a
-        read-write session takes them (the caller persists C{recent_uid})."""
-        fresh = {uid for uid in uids if uid > self.recent_uid}
+        """The UIDs among C{uids} (in ascending order) that are recent for
+        a session; a read-write session takes them (the caller persists
+        C{recent_uid})."""
+        fresh = uids[bisect_right(uids, self.recent_uid):]
         if fresh and not readonly:
-            self.recent_uid = max(fresh)
-        return fresh
+            self.recent_uid = fresh[-1]
+        return set(fresh)
 
 
 class View:
@@ -103,8 +119,9 @@ class View:
         self.readonly = readonly
         self.uidvalidity = folder.uidvalidity
         self.version = folder.version
-        self.messages: list[MessageInfo] = list(folder.infos.values())
-        self._uids = [m.uid for m in self.messages]
+        # Shared with the folder's other views until one of them changes
+        # (see FolderModel.snapshot): replaced, never changed in place.
+        self.messages, self._uids = folder.snapshot()
         self.uidnext = folder.uidnext
         self.recent = frozenset(folder.claim_recent(self._uids, readonly))
         folder.attach(self)
