@@ -271,6 +271,6 @@ class SearchTests(SynchronousTestCase):
 
     def test_errors(self) -> None:
         self.assertEqual(self.search(b"SEARCH CHARSET KOI8-R ALL"),
-                         [b"s NO [BADCHARSET (UTF-8 US-ASCII)] unsupported charset"])
+                         [b"s NO [BADCHARSET (US-ASCII UTF-8)] unsupported charset"])
         self.assertEqual(self.search(b"SEARCH FOO"), [b"s BAD invalid sequence set"])
         self.assertEqual(self.search(b"SEARCH OR ALL"), [b"s BAD missing search argument"])

@@ -1,12 +1,23 @@
-# -*- test-case-name: tests.test_imap_selected,tests.test_imap_parser -*-
+# -*- test-case-name: tests.test_imap_search,tests.test_imap_selected,tests.test_imap_parser -*-
 """
 SEARCH and UID SEARCH (RFC 3501 section 6.4.4): the search keys parsed
 into a predicate, then run over the session's view.
 
 Keys that the index answers (flags, sizes, dates, sets) never open a
-message; the others read one message at a time.  Text keys compare
-case-insensitively on the decoded header text and on the body as stored
-(transfer encodings are not undone).
+message; the others read one message at a time.  Text keys are a
+case-insensitive substring match (section 6.4.4) on decoded text
+(L{gateway.imap.decode}): header fields with their encoded words decoded,
+and the bodies of text parts with their transfer encoding and charset
+undone.  The search string is UTF-8 (US-ASCII is a subset).
+
+The work per message is bounded: only the first C{max_search_text_size}
+octets of a message (a setting, 4 MiB by default) are decoded and searched,
+so a match in the tail of a larger message is not found.  We chose this
+over a byte-wise match of the raw message: the raw octets of a base64 or
+quoted-printable body rarely contain what the user typed, so a byte-wise
+match would silently miss most text anyway, while the beginning of a large
+message (its headers and its text part, usually first) is what people
+search.
 """
 
 from __future__ import annotations
@@ -16,11 +27,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.header import decode_header, make_header
 from email.utils import parsedate_tz
 from typing import Any
 
-from gateway.imap import mime
+from gateway.imap import decode, mime
 from gateway.imap.parser import Atom, ParseError, Token, contains, parse_sequence_set, resolve
 from gateway.imap.replies import No
 from gateway.store.model import MessageInfo, NoSuchMessage
@@ -50,6 +60,22 @@ class Candidate:
     largest_seq: int
     largest_uid: int
     part: mime.Part | None = None
+    _bodies: list[str] | None = None
+    _headers: str | None = None
+
+    def bodies(self) -> list[str]:
+        """The folded, decoded text of each text part (computed once)."""
+        if self._bodies is None:
+            assert self.part is not None
+            self._bodies = [decode.fold(t) for t in decode.body_texts(self.part)]
+        return self._bodies
+
+    def headers(self) -> str:
+        """The folded, decoded header fields of the message and its parts."""
+        if self._headers is None:
+            assert self.part is not None
+            self._headers = decode.fold("\n".join(decode.all_headers(self.part)))
+        return self._headers
 
 
 Predicate = Callable[[Candidate], bool]
@@ -72,7 +98,7 @@ def parse_query(args: list[Token]) -> Query:
     args = list(args)
     if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == b"CHARSET":
         if isinstance(args[1], list) or bytes(args[1]).upper() not in _CHARSETS:
-            raise No("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
+            raise No("[BADCHARSET (US-ASCII UTF-8)] unsupported charset")
         args = args[2:]
     if not args:
         raise ParseError("SEARCH needs search keys")
@@ -108,7 +134,7 @@ class _Parser:
         token = self.next()
         if isinstance(token, list):
             raise ParseError("string expected")
-        return bytes(token).decode("utf-8", "replace").casefold()
+        return decode.fold(bytes(token).decode("utf-8", "replace"))
 
     def number(self) -> int:
         token = self.next()
@@ -177,17 +203,20 @@ class _Parser:
             text = self.string()
             self.needs_body = True
             name = word.decode().lower()
-            return lambda c: text in _header_text(c, name)
+            return lambda c: _header_match(c, name, text)
         if word == b"HEADER":
             name = self.string()
             text = self.string()
             self.needs_body = True
-            return lambda c: text in _header_text(c, name)
-        if word in (b"BODY", b"TEXT"):
+            return lambda c: _header_match(c, name, text)
+        if word == b"BODY":
             text = self.string()
             self.needs_body = True
-            whole = word == b"TEXT"
-            return lambda c: text in _body_text(c, whole)
+            return lambda c: any(text in body for body in c.bodies())
+        if word == b"TEXT":
+            text = self.string()
+            self.needs_body = True
+            return lambda c: text in c.headers() or any(text in body for body in c.bodies())
         if word == b"NOT":
             negated = self.key()
             return lambda c: not negated(c)
@@ -228,30 +257,12 @@ def _sent_date(c: Candidate) -> tuple[int, int, int] | None:
     return None if parsed is None else (parsed[0], parsed[1], parsed[2])
 
 
-def _header_text(c: Candidate, name: str) -> str:
+def _header_match(c: Candidate, name: str, text: str) -> bool:
+    """Does a C{name} field of the message contain C{text}?  With an
+    empty C{text}: does the message have the field (section 6.4.4)?"""
     assert c.part is not None
-    values = c.part.message.get_all(name) or []
-    out = []
-    for value in values:
-        text = mime.unfold(str(value)) or ""
-        try:
-            text = str(make_header(decode_header(text)))
-        except (ValueError, LookupError, UnicodeError):
-            pass
-        out.append(text)
-    return "\n".join(out).casefold()
-
-
-def _body_text(c: Candidate, whole: bool) -> str:
-    assert c.part is not None
-    data = (c.part.header + c.part.body) if whole else c.part.body
-    text = data.decode("utf-8", "replace").casefold()
-    return text + "\n" + _header_text_all(c) if whole else text
-
-
-def _header_text_all(c: Candidate) -> str:
-    assert c.part is not None
-    return "\n".join(_header_text(c, name) for name in set(c.part.message.keys()))
+    values = decode.header_fields(c.part, name)
+    return values is not None and any(text in decode.fold(v) for v in values)
 
 
 class SearchCommand:
@@ -259,9 +270,11 @@ class SearchCommand:
 
     session: Any
     untagged: Any
+    context: Any
 
     async def cmd_SEARCH(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
         query = parse_query(args)
+        limit = self.context.limits.max_search_text_size
         session = self.session
         messages = session.messages()
         found = []
@@ -270,9 +283,10 @@ class SearchCommand:
             c = Candidate(seq, info, info.uid in session.recent, len(messages), largest_uid)
             if query.needs_body:
                 try:
-                    c.part = mime.parse(await session.read_message(info.uid))
+                    data = await session.read_message(info.uid)
                 except NoSuchMessage:
                     continue
+                c.part = mime.parse(data[:limit])
             if query.test(c):
                 found.append(info.uid if uid else seq)
         self.untagged(" ".join(["SEARCH", *map(str, found)]))
