@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_imap_selected -*-
+# -*- test-case-name: tests.test_imap_mime,tests.test_imap_fetch,tests.test_imap_selected -*-
 """
 The MIME structure of a message as IMAP sees it (RFC 3501 sections 6.4.5
 and 7.4.2): raw byte ranges of each part for C{BODY[section]}, and the
@@ -6,7 +6,17 @@ ENVELOPE and BODYSTRUCTURE data items.
 
 Parts are split on the raw bytes, so a section is returned exactly as
 stored; the standard library's C{email} package (compat32 policy, which
-keeps header text as sent) only reads the headers.
+keeps header text as sent) only reads the headers.  Address lists, groups
+included, are read by L{gateway.imap.address}; parameters by our own
+lenient L{split_params}.
+
+Where RFC 3501 leaves a malformed message open, we answer as Dovecot does,
+so that clients see what they are used to: a multipart without parts or
+boundary has one empty text/plain part (the grammar needs one), RFC 2231
+continuations are joined but an extended value stays encoded under
+C{name*}, parts nested deeper than L{MAX_DEPTH} are application/octet-stream,
+and a text part's line count is its number of line ends.  Every output is
+valid under the formal syntax (section 9), whatever the input.
 """
 
 from __future__ import annotations
@@ -16,9 +26,13 @@ from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import collapse_rfc2231_value, getaddresses
+
+from gateway.imap.address import Address, parse_address_list
 
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
+#: Parts nested deeper than this are not split further; like Dovecot, such a
+#: part is shown as application/octet-stream.
+MAX_DEPTH = 20
 
 
 # -- wire strings (RFC 3501 section 4.3) --------------------------------------
@@ -77,18 +91,22 @@ class Part:
     body: bytes
     message: Message
     children: list[Part] = field(default_factory=list)
+    overflow: bool = False  # nested too deep to be split
 
     @property
     def maintype(self) -> str:
-        return self.message.get_content_maintype()
+        return "application" if self.overflow else self.message.get_content_maintype()
 
     @property
     def subtype(self) -> str:
-        return self.message.get_content_subtype()
+        return "octet-stream" if self.overflow else self.message.get_content_subtype()
 
     @property
     def is_multipart(self) -> bool:
-        return self.maintype == "multipart" and bool(self.children)
+        """A multipart, even one without parts or boundary (which
+        L{bodystructure} shows with one empty text part, as Dovecot does:
+        RFC 3501's grammar needs at least one)."""
+        return self.maintype == "multipart"
 
     @property
     def is_rfc822(self) -> bool:
@@ -106,10 +124,14 @@ def parse(data: bytes, depth: int = 0, default: str = "text/plain") -> Part:
     if message.get("content-type") is None:
         message.set_default_type(default)
     part = Part(header, body, message)
-    if depth > 20:  # a bomb of nested parts; stop looking
+    if depth > MAX_DEPTH:  # a bomb of nested parts; stop looking
+        part.overflow = part.maintype in ("multipart", "message")
         return part
     if part.maintype == "multipart":
-        boundary = message.get_boundary()
+        try:
+            boundary = message.get_boundary()
+        except (ValueError, LookupError, UnicodeError):
+            boundary = None
         if boundary:
             child_default = "message/rfc822" if part.subtype == "digest" else "text/plain"
             part.children = [parse(chunk, depth + 1, child_default)
@@ -172,89 +194,218 @@ def header_fields(header: bytes, names: list[bytes], exclude: bool) -> bytes:
 
 # -- ENVELOPE (RFC 3501 section 7.4.2) -----------------------------------------
 
+def addresses(message: Message, name: str) -> list[Address]:
+    """The addresses of every C{name} header field, with group markers."""
+    out: list[Address] = []
+    for value in header_all(message, name):
+        out += parse_address_list(unfold(value) or "")
+    return out
+
+
+def address_list(found: list[Address]) -> bytes:
+    if not found:
+        return b"NIL"
+    return b"(" + b"".join(
+        b"(" + b" ".join(nstring(None if x is None else raw(x))
+                         for x in (a.name, a.route, a.mailbox, a.host)) + b")"
+        for a in found) + b")"
+
+
 def envelope(message: Message) -> bytes:
     def text(name: str) -> bytes:
         value = unfold(header(message, name))
         return nstring(None if value is None else raw(value))
 
-    def addresses(name: str, fallback: str | None = None) -> bytes:
-        values = header_all(message, name)
-        if not values and fallback:
-            values = header_all(message, fallback)
-        if not values:
-            return b"NIL"
-        items = []
-        for display, address in getaddresses([unfold(v) or "" for v in values]):
-            if not address and not display:
-                continue
-            mailbox, at, host = address.rpartition("@")
-            if not at:
-                mailbox, host = address, ""
-            items.append(b"(" + b" ".join([
-                nstring(raw(display) if display else None), b"NIL",
-                nstring(raw(mailbox)), nstring(raw(host) if host else None)]) + b")")
-        return b"(" + b"".join(items) + b")" if items else b"NIL"
-
+    sender = addresses(message, "from")
+    # RFC 3501 section 7.4.2: Sender and Reply-To, when absent or empty,
+    # are the From addresses.
     return b"(" + b" ".join([
-        text("date"), text("subject"), addresses("from"), addresses("sender", "from"),
-        addresses("reply-to", "from"), addresses("to"), addresses("cc"), addresses("bcc"),
+        text("date"), text("subject"), address_list(sender),
+        address_list(addresses(message, "sender") or sender),
+        address_list(addresses(message, "reply-to") or sender),
+        address_list(addresses(message, "to")), address_list(addresses(message, "cc")),
+        address_list(addresses(message, "bcc")),
         text("in-reply-to"), text("message-id"),
     ]) + b")"
 
 
+# -- parameters (RFC 2045 section 5.1, RFC 2231) ----------------------------------
+
+_CONTINUATION = re.compile(r"(.+?)\*([0-9]{1,3})(\*?)\Z")
+_ATTRIBUTE_CHAR = re.compile(r"[!#$&+\-.0-9A-Z^_`a-z{|}~]")
+
+
+def split_params(value: str) -> tuple[str, list[tuple[str, str]]]:
+    """
+    A structured header value (Content-Type, Content-Disposition) as its
+    first word and its C{(name, value)} parameters in order, quoted
+    strings unquoted; lenient, never raises.
+    """
+    pieces: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    depth = 0
+    for c in value:
+        if escaped:
+            current.append(c)
+            escaped = False
+        elif quoted:
+            if c == "\\":
+                escaped = True
+            elif c == '"':
+                quoted = False
+            else:
+                current.append(c)
+        elif depth:  # a comment (RFC 5322 section 3.2.2)
+            depth += (c == "(") - (c == ")")
+        elif c == '"':
+            quoted = True
+            current.append("\0")  # marks "was quoted" for an empty value
+        elif c == "(":
+            depth = 1
+        elif c == ";":
+            pieces.append("".join(current))
+            current = []
+        elif c not in "\r\n":
+            current.append(c)
+    pieces.append("".join(current))
+    first = pieces[0].replace("\0", "").strip()
+    params: list[tuple[str, str]] = []
+    for piece in pieces[1:]:
+        name, eq, val = piece.partition("=")
+        name = name.replace("\0", "").strip()
+        if not eq or not name:
+            continue
+        val = val.strip()
+        params.append((name, val.replace("\0", "")))
+    return first, params
+
+
+def merge_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """
+    RFC 2231 section 3 continuations joined, as Dovecot does
+    (C{rfc2231-parser.c}): an extended value stays encoded under
+    C{name*} (C{charset'language'percent-encoded}, so BODYSTRUCTURE stays
+    7-bit and the client decodes it); plain sections are percent-encoded
+    when joined to extended ones.  The first of duplicate names wins.
+    """
+    out: dict[str, tuple[str, str]] = {}
+    sections: dict[str, dict[int, tuple[bool, str]]] = {}
+    names: dict[str, str] = {}
+    order: list[str] = []
+    for name, value in params:
+        match = _CONTINUATION.match(name)
+        if match is not None:
+            base = match.group(1).lower()
+            names.setdefault(base, match.group(1))
+            if base not in sections:
+                sections[base] = {}
+                order.append("*" + base)
+            sections[base].setdefault(int(match.group(2)), (bool(match.group(3)), value))
+            continue
+        key = name.lower()
+        if key not in out:
+            out[key] = (name, value)
+            order.append(key)
+    merged: list[tuple[str, str]] = []
+    for key in order:
+        if not key.startswith("*"):
+            merged.append(out[key])
+            continue
+        base = key[1:]
+        parts = sections[base]
+        chunks: list[tuple[bool, str]] = []
+        n = 0
+        while n in parts:  # RFC 2231: sections are numbered from 0 without gaps
+            chunks.append(parts[n])
+            n += 1
+        if not chunks:
+            continue
+        name = names[base]
+        if not any(extended for extended, _ in chunks):
+            if base not in out:
+                merged.append((name, "".join(v for _, v in chunks)))
+            continue
+        text = "" if chunks[0][0] else "''"
+        for extended, value in chunks:
+            text += value if extended else "".join(
+                c if _ATTRIBUTE_CHAR.match(c) else "".join(
+                    f"%{b:02X}" for b in c.encode("utf-8", "surrogateescape"))
+                for c in value)
+        if base + "*" not in out:
+            merged.append((name + "*", text))
+    return merged
+
+
+def _params(value: str | None, defaults: tuple[tuple[str, str], ...] = ()) -> bytes:
+    params = [] if value is None else merge_rfc2231(split_params(value)[1])
+    present = {name.lower() for name, _ in params}
+    params = [(n, v) for n, v in defaults if n.lower() not in present] + params
+    if not params:
+        return b"NIL"
+    return b"(" + b" ".join(nstring(raw(name.upper())) + b" " + nstring(raw(value))
+                            for name, value in params) + b")"
+
+
 # -- BODYSTRUCTURE and BODY (RFC 3501 section 7.4.2) ----------------------------
 
-def _params(message: Message, header: str) -> bytes:
-    params = message.get_params(header=header)
-    if not params or len(params) < 2:
-        return b"NIL"
-    out = []
-    for name, value in params[1:]:
-        out += [nstring(raw(name.upper())), nstring(raw(collapse_rfc2231_value(value)))]
-    return b"(" + b" ".join(out) + b")"
+#: RFC 3501 needs at least one part in a multipart; a multipart without
+#: parts (or boundary) shows one empty text part, as in Dovecot.
+_EMPTY_BODY = b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 0 0)'
+_EMPTY_BODYSTRUCTURE = _EMPTY_BODY[:-1] + b" NIL NIL NIL NIL)"
 
 
 def _extension(message: Message) -> list[bytes]:
-    disposition = message.get("content-disposition")
-    if disposition is None:
+    disposition = unfold(header(message, "content-disposition"))
+    kind = None if disposition is None else split_params(disposition)[0]
+    if not kind:
         disp = b"NIL"
     else:
-        kind = str(disposition).replace("\r\n", "").split(";", 1)[0].strip()
-        disp = b"(" + nstring(raw(kind.upper())) + b" " + _params(
-            message, "content-disposition") + b")"
-    language = unfold(message.get("content-language"))
-    lang = b"NIL" if language is None else b"(" + b" ".join(
-        nstring(raw(x.strip())) for x in language.split(",") if x.strip()) + b")"
-    location = unfold(message.get("content-location"))
-    return [disp, lang, nstring(None if location is None else raw(location))]
+        disp = b"(" + nstring(raw(kind.upper())) + b" " + _params(disposition) + b")"
+    language = unfold(header(message, "content-language"))
+    tags = [] if language is None else [
+        x.strip() for x in re.sub(r"\([^)]*\)", "", language).replace(",", " ").split()]
+    lang = b"NIL" if not tags else b"(" + b" ".join(nstring(raw(x)) for x in tags) + b")"
+    location = unfold(header(message, "content-location"))
+    return [disp, lang, nstring(None if not location else raw(location.strip()))]
+
+
+def lines(body: bytes) -> int:
+    """The body's size in text lines: its line ends (as Dovecot counts)."""
+    return body.count(b"\n")
 
 
 def bodystructure(part: Part, extensible: bool = True) -> bytes:
     """BODYSTRUCTURE (C{extensible}) or BODY of a part."""
     message = part.message
+    content_type = unfold(header(message, "content-type"))
     if part.is_multipart:
-        inner = b"".join(bodystructure(child, extensible) for child in part.children)
+        inner = b"".join(bodystructure(child, extensible) for child in part.children) or (
+            _EMPTY_BODYSTRUCTURE if extensible else _EMPTY_BODY)
         items = [inner, nstring(raw(part.subtype.upper()))]
         if extensible:
-            items += [_params(message, "content-type"), *_extension(message)]
+            items += [_params(content_type), *_extension(message)]
         return b"(" + b" ".join(items) + b")"
-    maintype = "text" if part.maintype == "multipart" else part.maintype
-    subtype = "plain" if part.maintype == "multipart" else part.subtype
-    params = _params(message, "content-type")
-    if params == b"NIL" and maintype == "text":
-        params = b'("CHARSET" "US-ASCII")'
-    encoding = unfold(message.get("content-transfer-encoding")) or "7BIT"
+    maintype, subtype = part.maintype, part.subtype
+    if part.overflow:
+        params = b"NIL"
+    elif maintype == "text":
+        params = _params(content_type, (("charset", "US-ASCII"),))
+    else:
+        params = _params(content_type)
+    encoding = (unfold(header(message, "content-transfer-encoding")) or "").strip()
+    encoding = split_params(encoding)[0] or "7BIT"
     items = [
         nstring(raw(maintype.upper())), nstring(raw(subtype.upper())), params,
         nstring(_opt(message, "content-id")), nstring(_opt(message, "content-description")),
-        nstring(raw(encoding.strip().upper())), str(len(part.body)).encode(),
+        nstring(raw(encoding.upper())), str(len(part.body)).encode(),
     ]
     if part.is_rfc822:
         embedded = part.children[0]
         items += [envelope(embedded.message), bodystructure(embedded, extensible),
-                  str(part.body.count(b"\n")).encode()]
+                  str(lines(part.body)).encode()]
     elif maintype == "text":
-        items.append(str(part.body.count(b"\n")).encode())
+        items.append(str(lines(part.body)).encode())
     if extensible:
         items += [nstring(_opt(message, "content-md5")), *_extension(message)]
     return b"(" + b" ".join(items) + b")"
@@ -262,4 +413,4 @@ def bodystructure(part: Part, extensible: bool = True) -> bytes:
 
 def _opt(message: Message, name: str) -> bytes | None:
     value = unfold(header(message, name))
-    return None if value is None else raw(value)
+    return None if value is None else raw(value.strip())
