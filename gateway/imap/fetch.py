@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_imap_selected -*-
+# -*- test-case-name: tests.test_imap_fetch,tests.test_imap_selected -*-
 """
 FETCH (RFC 3501 sections 6.4.5 and 7.4.2): the data items a client asks
 for, parsed into L{Item}s, and the response for one message.
@@ -7,6 +7,12 @@ Partial fetches answer with the origin only (C{BODY[]<0>}) and exactly
 C{count} octets, the fault of Twisted's server (twisted/twisted#5613).
 Items that the index answers (FLAGS, UID, INTERNALDATE, RFC822.SIZE) never
 open the message file: L{needs_body} tells the caller.
+
+A FETCH of many messages writes them one at a time through L{Backpressure},
+a push producer registered with the transport: when the transport's buffer
+is full (a client that asks for C{1:* BODY[]} and does not read), no
+further message is read until it drains, so the server holds at most one
+message (and the transport's buffer) per connection, not the folder.
 """
 
 from __future__ import annotations
@@ -14,6 +20,11 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
 from gateway.imap import mime
 from gateway.imap.parser import Atom, ParseError, Token
@@ -213,3 +224,79 @@ def render(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
                 value = mime.literal(chunk)
         out.append(item.label() + b" " + value)
     return b"(" + b" ".join(out) + b")"
+
+
+@implementer(IPushProducer)
+class Backpressure:
+    """
+    A push producer for a FETCH loop: the transport pauses it when its
+    write buffer is full and resumes it once drained; L{ready} waits for
+    that before the loop reads the next message.
+
+    Use it as a context manager: registered on entry, unregistered on exit.
+
+    @ivar clock: while paused, the transport is looked at every
+        L{POLL} seconds: a connection closed meanwhile (idle timeout,
+        shutdown) resumes nobody, and a TLS transport does not finish
+        closing while a producer is registered.
+    """
+
+    POLL = 1.0
+
+    def __init__(self, transport: Any, clock: Any) -> None:
+        self.transport = transport
+        self.clock = clock
+        self.paused = False
+        self.stopped = False
+        self.registered = False
+        self._waiting: Deferred[None] | None = None
+
+    def __enter__(self) -> Backpressure:
+        try:
+            self.transport.registerProducer(self, True)
+            self.registered = True
+        except RuntimeError:
+            # Another producer holds the transport (none does in IMAP
+            # today); write without flow control rather than fail.
+            pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.registered:
+            self.registered = False
+            self.transport.unregisterProducer()
+        self._wake()
+
+    async def ready(self) -> bool:
+        """Wait while the transport is full; C{False} once the connection
+        is going away (stop writing then)."""
+        while self.registered and self.paused and not self._gone():
+            self._waiting = Deferred()
+            poll = self.clock.callLater(self.POLL, self._wake)
+            try:
+                await self._waiting
+            finally:
+                if poll.active():
+                    poll.cancel()
+        return not self._gone()
+
+    def _gone(self) -> bool:
+        return self.stopped or bool(getattr(self.transport, "disconnecting", False))
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.callback(None)
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._wake()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self._wake()

@@ -98,21 +98,26 @@ class SelectedCommands:
         seen = fetch.sets_seen(items) and not session.readonly
         with_flags = items if any(i.name == b"FLAGS" for i in items) else [
             *items, fetch.Item(b"FLAGS")]
-        for seq, info in targets:
-            data = None
-            if body:
-                try:
-                    data = await session.read_message(info.uid)  # read in a thread
-                except NoSuchMessage:
-                    continue  # expunged by another session meanwhile
-            wanted = items
-            if seen and "\\Seen" not in info.flags:
-                updated = await session.set_flags([info.uid], ["\\Seen"], "add")
-                if updated:
-                    info = updated[0]
-                wanted = with_flags
-            response = fetch.render(info, wanted, info.uid in session.recent, uid, data)
-            self.transport.write(b"* %d FETCH " % seq + response + b"\r\n")
+        # One message at a time, and none while the client is not reading
+        # (fetch.Backpressure): never the whole folder in memory.
+        with fetch.Backpressure(self.transport, self.context.clock) as pressure:
+            for seq, info in targets:
+                if not await pressure.ready():
+                    break  # the connection is closing
+                data = None
+                if body:
+                    try:
+                        data = await session.read_message(info.uid)  # read in a thread
+                    except NoSuchMessage:
+                        continue  # expunged by another session meanwhile
+                wanted = items
+                if seen and "\\Seen" not in info.flags:
+                    updated = await session.set_flags([info.uid], ["\\Seen"], "add")
+                    if updated:
+                        info = updated[0]
+                    wanted = with_flags
+                response = fetch.render(info, wanted, info.uid in session.recent, uid, data)
+                self.transport.write(b"* %d FETCH " % seq + response + b"\r\n")
         return "UID FETCH completed" if uid else "FETCH completed"
 
     # STORE

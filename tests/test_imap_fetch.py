@@ -1,0 +1,199 @@
+"""
+FETCH conversations: responses on awkward messages read back with
+imapclient's parser and held to RFC 3501's grammar, section numbers into
+encapsulated messages, and write backpressure (a client that does not read
+does not make the server read the folder into memory).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.config import Limits
+from gateway.imap import fetch
+from tests.imap_grammar import check_body, check_envelope, parse_fetch
+from tests.imap_support import SIMPLE, logged_in, selected, send
+from tests.support import TLSStringTransport
+from tests.test_imap_mime import GROUPS, NESTED
+from tests.test_protocols import lines
+
+NO_STRUCTURE = (b"From: alice\r\nTo: :;\r\nCc: \"unterminated\r\n"
+                b"Content-Type: multipart/mixed\r\n\r\nno boundary\r\n")
+
+
+def wire(proto: Any, t: Any, command: bytes) -> bytes:
+    proto.dataReceived(command + b"\r\n")
+    data = t.value()
+    t.clear()
+    return data
+
+
+class FetchParsesTests(SynchronousTestCase):
+    def test_real_parser_reads_every_item(self) -> None:
+        proto, t, _ = selected((SIMPLE, GROUPS, NESTED, NO_STRUCTURE))
+        data = wire(proto, t, b"a FETCH 1:* (UID FLAGS ENVELOPE BODY BODYSTRUCTURE "
+                              b"BODY.PEEK[HEADER.FIELDS (To Cc)] BODY.PEEK[1.MIME])")
+        self.assertTrue(data.endswith(b"a OK FETCH completed\r\n"), data[-200:])
+        found = parse_fetch(data[:data.rindex(b"a OK")])
+        self.assertEqual(sorted(found), [1, 2, 3, 4])
+        for items in found.values():
+            check_envelope(items[b"ENVELOPE"])
+            check_body(items[b"BODYSTRUCTURE"], True)
+            check_body(items[b"BODY"], False)
+        self.assertEqual([a.mailbox for a in found[2][b"ENVELOPE"].to],
+                         [b"undisclosed-recipients", None])
+        self.assertEqual(found[4][b"ENVELOPE"].to[0].mailbox, b"")
+        self.assertEqual(found[4][b"ENVELOPE"].from_[0].host, b"MISSING_DOMAIN")
+        self.assertEqual(found[3][b"BODY[1.MIME]"], b"Content-Type: text/plain\r\n\r\n")
+
+    def test_sections_of_an_encapsulated_message(self) -> None:
+        """RFC 3501 section 6.4.5: 2.HEADER is the embedded message's
+        header, 2.1 its first part."""
+        proto, t, _ = selected((NESTED,))
+        data = wire(proto, t, b"a FETCH 1 (BODY.PEEK[2.HEADER.FIELDS (Subject)] "
+                              b"BODY.PEEK[2.1] BODY.PEEK[2.1.MIME] BODY.PEEK[2.2] "
+                              b"BODY.PEEK[2.TEXT]<0.3> BODY.PEEK[2.3] BODY.PEEK[2.1.1])")
+        found = parse_fetch(data[:data.rindex(b"a OK")])[1]
+        self.assertEqual(found[b"BODY[2.HEADER.FIELDS (SUBJECT)]"], b"Subject: inner\r\n\r\n")
+        self.assertEqual(found[b"BODY[2.1]"], b"Caf=E9")
+        self.assertEqual(found[b"BODY[2.1.MIME]"],
+                         b"Content-Type: text/plain; charset=iso-8859-1\r\n"
+                         b"Content-Transfer-Encoding: quoted-printable\r\n\r\n")
+        self.assertEqual(found[b"BODY[2.2]"], b"<p>Caf&eacute;</p>")
+        self.assertEqual(found[b"BODY[2.TEXT]<0>"], b"--i")
+        self.assertEqual(found[b"BODY[2.3]"], b"")
+        self.assertEqual(found[b"BODY[2.1.1]"], b"Caf=E9")
+
+
+class BufferingTransport(TLSStringTransport):
+    """
+    A transport that, like a TCP or TLS one, pauses its streaming producer
+    when more than C{limit} octets wait to be sent, and resumes it once
+    the client has read them (L{drain}).
+    """
+
+    limit = 50_000
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.full = False
+        self.pauses = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if (self.producer is not None and self.streaming and not self.full
+                and len(self.value()) > self.limit):
+            self.full = True
+            self.pauses += 1
+            self.producer.pauseProducing()
+
+    def drain(self) -> bytes:
+        data = self.value()
+        self.clear()
+        if self.full:
+            self.full = False
+            if self.producer is not None:
+                self.producer.resumeProducing()
+        return data
+
+
+def big(n: int) -> bytes:
+    return (b"From: a@x.example\r\nSubject: big %d\r\n\r\n" % n) + b"0123456789" * 4000
+
+
+class BackpressureTests(SynchronousTestCase):
+    def connect(self, count: int = 6) -> tuple[Any, BufferingTransport, list[int], Clock]:
+        clock = Clock()
+        first, _, _ = logged_in(tuple(big(n) for n in range(count)), clock=clock)
+        proto = first.factory.buildProtocol(None)
+        t = BufferingTransport(peerAddress=IPv4Address("TCP", "192.0.2.8", 40001))
+        proto.makeConnection(t)
+        proto.handshakeCompleted()
+        send(proto, t, b'L LOGIN alice@example.edu "correct horse"')
+        self.assertTrue(send(proto, t, b"S SELECT INBOX")[-1].startswith(b"S OK"))
+        opened: list[int] = []
+        real = proto.session.read_message
+
+        def read_message(uid: int) -> Any:  # records, then the store's own read
+            opened.append(uid)
+            return real(uid)
+
+        proto.session.read_message = read_message
+        return proto, t, opened, clock
+
+    def test_no_reads_while_the_client_does_not_read(self) -> None:
+        proto, t, opened, _ = self.connect()
+        proto.dataReceived(b"a FETCH 1:* BODY.PEEK[]\r\n")
+        # One message (40 kB) fits, the second fills the buffer: no third read.
+        self.assertEqual(opened, [1, 2])
+        self.assertTrue(t.full)
+        self.assertNotIn(b"a OK", t.value())
+        received = t.drain()
+        self.assertEqual(opened, [1, 2, 3, 4])
+        while t.full:
+            received += t.drain()
+        received += t.drain()
+        self.assertEqual(opened, [1, 2, 3, 4, 5, 6])
+        self.assertTrue(received.endswith(b"a OK FETCH completed\r\n"), received[-100:])
+        found = parse_fetch(received[:received.rindex(b"a OK")])
+        self.assertEqual([found[n][b"BODY[]"] for n in range(1, 7)],
+                         [big(n) for n in range(6)])
+        self.assertEqual(t.pauses, 3)
+        self.assertIsNone(t.producer)  # unregistered at the end
+        # The connection goes on: the next command is read.
+        self.assertEqual(send(proto, t, b"b NOOP"), [b"b OK NOOP completed"])
+
+    def test_connection_lost_while_paused(self) -> None:
+        proto, t, opened, _ = self.connect()
+        proto.dataReceived(b"a FETCH 1:* BODY.PEEK[]\r\n")
+        producer = t.producer
+        producer.stopProducing()  # what a transport does when it is lost
+        t.disconnecting = True
+        proto.connectionLost(None)
+        self.assertEqual(opened, [1, 2])
+        self.assertIsNone(t.producer)
+
+    def test_closed_while_paused_unregisters(self) -> None:
+        """An idle timeout while the client does not read: the producer
+        notices the close (a TLS transport finishes closing only once no
+        producer is registered)."""
+        proto, t, opened, clock = self.connect()
+        proto.dataReceived(b"a FETCH 1:* BODY.PEEK[]\r\n")
+        self.assertIsNotNone(t.producer)
+        proto.disconnect()
+        self.assertTrue(t.disconnecting)
+        clock.advance(fetch.Backpressure.POLL)
+        self.assertIsNone(t.producer)
+        self.assertEqual(opened, [1, 2])
+        self.assertEqual([c for c in clock.getDelayedCalls()
+                          if getattr(c.func, "__func__", None) is fetch.Backpressure._wake], [])
+
+    def test_index_only_fetch_paused_too(self) -> None:
+        proto, t, opened, _ = self.connect(count=2)
+        t.limit = 10
+        proto.dataReceived(b"a FETCH 1:* (UID FLAGS)\r\n")
+        self.assertEqual(lines(t), [b"* 1 FETCH (UID 1 FLAGS (\\Recent))"])
+        t.full = True
+        t.drain()
+        self.assertEqual(t.drain().split(b"\r\n")[-2:], [b"a OK FETCH completed", b""])
+
+
+class BackpressureUnitTests(SynchronousTestCase):
+    def test_without_transport_support(self) -> None:
+        """A transport that already has a producer: FETCH still works,
+        without flow control."""
+        t = TLSStringTransport()
+        t.registerProducer(object(), True)
+        clock = Clock()
+        with fetch.Backpressure(t, clock) as pressure:
+            pressure.pauseProducing()  # nobody would resume it: ignored
+            self.assertIs(self.successResultOf(Deferred.fromCoroutine(pressure.ready())), True)
+        self.assertIsNotNone(t.producer)
+
+    def test_limits_default(self) -> None:
+        self.assertEqual(Limits().max_search_text_size, 4 * 1024 * 1024)
