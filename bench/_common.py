@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -144,3 +145,280 @@ def _short(frame: str) -> str:
     path = where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
     parts = path.split("/")
     return f"{name} ({'/'.join(parts[-3:] if 'gateway' in parts[-3:-1] else parts[-2:])})"
+
+
+# -- mail for the servers under test (added for imap_load.py) ------------------------------
+
+__all__ += ["deliver_messages", "write_folder", "scram_sha256", "process_memory", "Dovecot",
+            "copy_maildir", "descendants", "start_dovecot"]
+
+
+def _sync_store(mail: Path) -> Any:
+    """A L{MaildirStore} on C{mail} whose thread calls run at once (the
+    gateway is not running yet: nothing else uses the directory)."""
+    from twisted.internet.defer import maybeDeferred
+    from twisted.internet.task import Clock
+
+    from gateway.store.maildir import MaildirStore
+    clock = Clock()
+    clock.advance(time.time())
+    return MaildirStore(str(mail), run_in_thread=maybeDeferred, clock=clock, hostname="bench")
+
+
+def _result(d: Any) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
+def deliver_messages(state: Path, mailboxes: dict[str, list[bytes]]) -> None:
+    """Deliver each account's messages with the gateway's store (each one
+    fsynced and indexed, as an SMTP delivery does), before the gateway
+    starts.  For a few thousand messages; see L{write_folder} for more."""
+    store = _sync_store(state / "mail")
+    for account, messages in mailboxes.items():
+        for message in messages:
+            report = _result(store.deliver([account], message))
+            if account not in report.stored:
+                raise SystemExit(f"filling {account}: {report.refused}")
+    _result(store.close())
+
+
+def write_folder(state: Path, account: str, messages: Any, seen_every: int = 3) -> int:
+    """
+    Put many messages into an account's INBOX quickly: the files are
+    written straight into C{cur/} (no fsync), named as the store names them
+    (with C{S=} and C{W=} sizes, every C{seen_every}-th one unseen), the
+    directories' mtimes set ten seconds back (settled, see
+    L{gateway.store.folder}), then the store opens the folder once, which
+    lists C{cur/}, stats each file and builds the index, as for mail that
+    arrived while the gateway was down.  C{bench/store_open.py} does the
+    same.  C{messages} yields the messages (bytes with CRLF line ends).
+
+    @return: the number of messages indexed.
+    """
+    from gateway.store.names import make_key
+    store = _sync_store(state / "mail")
+    _result(store.status(account, "INBOX"))  # creates the account's Maildir and index
+    from gateway.store.names import account_path
+    home = Path(account_path(str(state / "mail"), account))
+    base = time.time() - 10**6
+    count = 0
+    for i, body in enumerate(messages):
+        key = make_key(base + i, 4242, i, f"{i:08x}", "bench", len(body))
+        path = home / "cur" / f"{key}:2,{'' if i % seen_every == 0 else 'S'}"
+        path.write_bytes(body)
+        os.utime(path, (base + i, base + i))
+        count += 1
+    past = time.time_ns() - 10 * 10**9
+    for sub in ("new", "cur"):
+        os.utime(home / sub, ns=(past, past))
+    session = _result(store.open_folder(account, "INBOX"))
+    indexed = len(session.messages())
+    _result(session.close())
+    _result(store.close())
+    if indexed != count:
+        raise SystemExit(f"{account}: {count} files written, {indexed} indexed")
+    return indexed
+
+
+def scram_sha256(password: str, iterations: int = 4096) -> str:
+    """A Dovecot C{{SCRAM-SHA-256}} verifier: the same work per login as
+    the gateway's SCRAM keys."""
+    import base64
+
+    from gateway.auth.verifiers import derive_scram_keys
+    keys = derive_scram_keys("", password, "SHA-256", iterations)
+    parts = [base64.b64encode(x).decode() for x in (keys.salt, keys.stored_key, keys.server_key)]
+    return "{SCRAM-SHA-256}" + ",".join([str(keys.iterations), *parts])
+
+
+# -- memory of processes ---------------------------------------------------------------
+
+def _status_kib(pid: int, field_name: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """C{pid} and every process below it (from C{/proc/*/stat})."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def process_memory(pids: list[int]) -> dict[str, int]:
+    """KiB summed over C{pids}: C{rss} (VmRSS: shared pages counted in
+    every process), C{pss} (smaps_rollup's proportional share: each shared
+    page split between its users, the honest sum over many processes) and
+    C{processes}."""
+    return {"rss": sum(_status_kib(p, "VmRSS") for p in pids),
+            "pss": sum(_pss_kib(p) for p in pids),
+            "processes": sum(1 for p in pids if _status_kib(p, "VmRSS"))}
+
+
+# -- Dovecot from a throw-away configuration ----------------------------------------
+
+class Dovecot:
+    """A running C{dovecot -F -c CONFIG} (see L{start_dovecot})."""
+
+    def __init__(self, process: subprocess.Popen[bytes], base: Path, port: int,
+                 tls_port: int | None) -> None:
+        self.process, self.base, self.port, self.tls_port = process, base, port, tls_port
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def pids(self, names: tuple[str, ...] = ()) -> list[int]:
+        """Its processes (the master and all below it), or those whose
+        command name starts with one of C{names} (C{imap}, C{imap-login})."""
+        pids = descendants(self.process.pid)
+        if not names:
+            return pids
+        out = []
+        for p in pids:
+            try:
+                with open(f"/proc/{p}/comm") as f:
+                    comm = f.read().strip()
+            except FileNotFoundError:
+                continue
+            if comm.startswith(names):
+                out.append(p)
+        return out
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+def copy_maildir(source: Path, target: Path) -> None:
+    """Copy a Maildir (and its Maildir++ folders) for Dovecot, without the
+    gateway's own files: message files are hard-linked (the servers rename
+    files, never change one in place), copied where a link is refused."""
+    for directory, _subdirs, files in os.walk(source):
+        rel = Path(directory).relative_to(source)
+        (target / rel).mkdir(parents=True, exist_ok=True)
+        if rel.name not in ("cur", "new", "tmp"):
+            continue
+        for name in files:
+            try:
+                os.link(Path(directory) / name, target / rel / name)
+            except OSError:
+                shutil.copy2(Path(directory) / name, target / rel / name)
+
+
+def start_dovecot(base: Path, protocol: str, users: list[tuple[str, str, Path]], *,
+                  tls: tuple[Path, Path] | None = None, settings: str = "",
+                  timeout: float = 15.0) -> Dovecot | None:
+    """
+    Start Dovecot (Debian's C{dovecot-core} and C{dovecot-<protocol>d}) in
+    the foreground from a throw-away configuration in C{base}: one protocol
+    (C{"pop3"} or C{"imap"}) on a free port of 127.0.0.1, and with C{tls}
+    (certificate and key) its implicit-TLS port too; a passwd-file passdb
+    and userdb; mail as C{nobody} in C{maildir:~}.
+
+    @param users: C{(login, secret, home)}: the secret as Dovecot's passwd
+        file takes it (C{{PLAIN}}..., L{scram_sha256}); the home is the
+        account's Maildir (see L{copy_maildir}), chowned to C{nobody} here.
+    @param settings: more configuration text (service blocks, limits).
+    @return: C{None} if Dovecot is not installed or we are not root.
+    """
+    binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
+    if not os.path.exists(binary) or os.geteuid() != 0:
+        return None
+    if not os.path.exists(f"/usr/lib/dovecot/{protocol}"):
+        print(f"  Dovecot's {protocol} server is not installed "
+              f"(apt-get install dovecot-{protocol}d)")
+        return None
+    from tests.support import free_ports
+    port, tls_port = free_ports(2)
+    base.chmod(0o755)
+    for _, _, home in users:
+        home.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["chown", "-R", "nobody:nogroup", str(home)], check=True)
+    (base / "passwd").write_text("".join(
+        f"{login}:{secret}:65534:65534::{home}::\n" for login, secret, home in users))
+    ssl = "ssl = no"
+    if tls is not None:
+        ssl = f"ssl = yes\nssl_cert = <{tls[0]}\nssl_key = <{tls[1]}"
+    secure = f"port = {tls_port}\n    address = 127.0.0.1" if tls is not None else "port = 0"
+    (base / "dovecot.conf").write_text(f"""
+protocols = {protocol}
+listen = 127.0.0.1
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+{ssl}
+disable_plaintext_auth = no
+auth_mechanisms = plain apop
+first_valid_uid = 1
+mail_location = maildir:~
+pop3_uidl_format = %08Xu%08Xv
+passdb {{
+  driver = passwd-file
+  args = username_format=%u {base}/passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {base}/passwd
+}}
+service {protocol}-login {{
+  inet_listener {protocol} {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener {protocol}s {{
+    {secure}
+  }}
+}}
+{settings}
+""")
+    process = subprocess.Popen([binary, "-F", "-c", str(base / "dovecot.conf")],
+                               stdout=subprocess.DEVNULL, stderr=open(base / "stderr", "wb"))
+    deadline = time.monotonic() + timeout
+    import socket
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return Dovecot(process, base, port, tls_port if tls is not None else None)
+        except OSError:
+            time.sleep(0.1)
+    stop(process)
+    log = base / "dovecot.log"
+    print(f"  Dovecot did not start: {(base / 'stderr').read_text()[-500:]}"
+          f"{log.read_text()[-500:] if log.exists() else ''}")
+    return None

@@ -301,10 +301,13 @@ def measure(name: str, port: int, pid: int | None, prefix: tuple[str, str],
     if profiler is not None:
         profiler.finish()
         out["profile"] = "  -- logins (USER/PASS, then APOP) --\n" + profiler.summary()
+        assert pid is not None and profile is not None  # as profiler was made
         profiler = Profiler(pid, profile / "retr.txt")
     client = RetrClient(port, RETR_ACCOUNT)
+    cpu = cpu_seconds(pid) if pid else 0.0
     seconds, octets = client.retr(1, client.count, pipelined=True)
     out["retr"], out["retr_octets"] = octets / seconds / 1e6, octets
+    out["retr_cpu"] = (cpu_seconds(pid) - cpu) / client.count if pid else 0.0
     seconds, _ = client.retr(1, min(100, client.count), pipelined=False)
     out["one_at_a_time"] = 1e3 * seconds / min(100, client.count)
     client.close()
@@ -312,9 +315,10 @@ def measure(name: str, port: int, pid: int | None, prefix: tuple[str, str],
         profiler.finish()
         out["profile"] += "\n  -- RETR, pipelined then one at a time --\n" + profiler.summary()
     cpu_text = f"server CPU {1e3 * out['login_cpu']:.2f} ms/login" if pid else "many processes"
+    retr_cpu = f", server CPU {1e6 * out['retr_cpu']:.0f} us/message" if pid else ""
     print(f"  {name:12s} USER/PASS {out['user']:6.0f} logins/s, APOP {out['apop']:6.0f} logins/s "
           f"({cpu_text}); RETR pipelined "
-          f"{out['retr']:6.1f} MB/s ({octets / 1e6:.1f} MB), one at a time "
+          f"{out['retr']:6.1f} MB/s ({octets / 1e6:.1f} MB{retr_cpu}), one at a time "
           f"{out['one_at_a_time']:.2f} ms/message", flush=True)
     return out
 

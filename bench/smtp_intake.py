@@ -22,6 +22,17 @@ The servers, side by side on the same machine, each in its own process:
     executor, off the event loop) before it answers 250; with C{--auth} it
     checks AUTH PLAIN against a dict.  aiosmtpd does not advertise
     PIPELINING but reads its input as a stream, so the same client works.
+    The peer does the same durable work for the message (file and
+    directory fsynced before 250) but keeps no index: the gateway also
+    commits each message's UID to its SQLite index (WAL, synchronous=FULL)
+    before answering.
+
+C{--auth-cache SECONDS} sets the gateway's C{[auth] cache_ttl} (off by
+default): with it, repeated AUTH PLAIN logins skip the PBKDF2 derivation
+(see README.rst).  The first line printed says whether it was on, and
+where the temporary directories were (C{$TMPDIR}): on a file system whose
+file creation is slow (see bench/README.rst) both servers pay it per
+message.
 
 Both servers run for the whole benchmark; the timed runs alternate between
 them C{--rounds} times (3 by default), so that both meet the same noise of
@@ -297,6 +308,8 @@ def main() -> None:
                         help="recipient accounts, in turn (1: every message to alice)")
     parser.add_argument("--starttls", action="store_true")
     parser.add_argument("--auth", action="store_true", help="AUTH PLAIN (needs --starttls)")
+    parser.add_argument("--auth-cache", type=float, default=0.0, metavar="SECONDS",
+                        help="the gateway's [auth] cache_ttl (0: off, the default)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="timed runs per server, interleaved; the median is compared")
     parser.add_argument("--quick", action="store_true",
@@ -322,10 +335,13 @@ def main() -> None:
         raise SystemExit("the peer needs aiosmtpd: .venv/bin/pip install aiosmtpd") from None
 
     mode = "STARTTLS + AUTH PLAIN" if args.auth else "STARTTLS" if args.starttls else "plain"
+    cache = f"on, {args.auth_cache:g} s" if args.auth_cache > 0 else "off"
     print(f"SMTP intake: {args.messages:,} messages of {args.size:,} octets, {args.sessions} "
           f"sessions, {args.per_connection} per connection, {mode}, {args.accounts} "
-          f"recipient account(s); {os.cpu_count()} CPUs")
-    gateway = GatewayProcess()
+          f"recipient account(s); {os.cpu_count()} CPUs; gateway's auth cache {cache}; "
+          f"directories in {tempfile.gettempdir()}")
+    gateway = GatewayProcess(
+        auth=f"cache_ttl = {args.auth_cache}" if args.auth_cache > 0 else "")
     if args.accounts > 1:
         for address in recipients(args.accounts):
             add_account(gateway.users, address, "bench-password")
@@ -348,7 +364,13 @@ def main() -> None:
                 profile = None
                 if args.profile and name == "mailgateway" and round_ == 0:
                     profile = gateway.dir / "smtp-profile.txt"
-                r = measure(name, port, pid, args, tls, warm_up=round_ == 0, profile=profile)
+                try:
+                    r = measure(name, port, pid, args, tls, warm_up=round_ == 0,
+                                profile=profile)
+                except BenchError:
+                    if name == "mailgateway":
+                        show_errors(gateway.log)  # before the directory goes
+                    raise
                 runs[name].append(r)
                 show(r, args.messages)
         gateway.stop()
@@ -374,7 +396,7 @@ def main() -> None:
     met = ours["rate"] / theirs["rate"] >= target
     print(f"  ratio mailgateway / aiosmtpd: {ratio(ours['rate'], theirs['rate'])} "
           f"(target {target}x: {'met' if met else 'NOT met'}); CPU per message "
-          f"{ratio(ours['server_cpu'], theirs['server_cpu'])}")
+          f"{ratio(ours['server_cpu'], theirs['server_cpu'])}; auth cache {cache}")
     profiled = [r for r in runs["mailgateway"] if r["profile"]]
     if profiled:
         print("  py-spy profile of the gateway during its first round (that round perturbed):")
@@ -390,6 +412,20 @@ def show(r: dict[str, Any], messages: int) -> None:
           f"% system; main thread {1e3 * r['main_cpu'] / messages:.3f} ms/msg, busy "
           f"{100 * r['main_cpu'] / r['elapsed']:.0f}% of the run; client CPU "
           f"{1e3 * r['client_cpu'] / messages:.3f} ms/msg)", flush=True)
+
+
+def show_errors(log: Path, lines: int = 60) -> None:
+    """The gateway's log from its first failure or traceback on (a refused
+    message in a benchmark is a bug to look into)."""
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    marks = ("Traceback", "failure", "Unhandled", "mail store")
+    first = next((i for i, line in enumerate(text) if any(m in line for m in marks)), None)
+    if first is not None:
+        print(f"  the gateway's log ({log}) from its first error:", file=sys.stderr)
+        print("\n".join(text[first:first + lines]), file=sys.stderr)
 
 
 def median(results: list[dict[str, Any]]) -> dict[str, Any]:
