@@ -341,7 +341,7 @@ def copy_maildir(source: Path, target: Path) -> None:
 
 def start_dovecot(base: Path, protocol: str, users: list[tuple[str, str, Path]], *,
                   tls: tuple[Path, Path] | None = None, settings: str = "",
-                  timeout: float = 15.0) -> Dovecot | None:
+                  login_settings: str = "", timeout: float = 15.0) -> Dovecot | None:
     """
     Start Dovecot (Debian's C{dovecot-core} and C{dovecot-<protocol>d}) in
     the foreground from a throw-away configuration in C{base}: one protocol
@@ -353,6 +353,8 @@ def start_dovecot(base: Path, protocol: str, users: list[tuple[str, str, Path]],
         file takes it (C{{PLAIN}}..., L{scram_sha256}); the home is the
         account's Maildir (see L{copy_maildir}), chowned to C{nobody} here.
     @param settings: more configuration text (service blocks, limits).
+    @param login_settings: more lines inside the C{<protocol>-login} service
+        block (its process model).
     @return: C{None} if Dovecot is not installed or we are not root.
     """
     binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -402,6 +404,7 @@ service {protocol}-login {{
   inet_listener {protocol}s {{
     {secure}
   }}
+{login_settings}
 }}
 {settings}
 """)

@@ -52,14 +52,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import os
 import re
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,7 +65,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import GatewayProcess, Profiler, add_account, cpu_seconds, ratio, stop  # noqa: E402
+import _common  # noqa: E402
+from _common import (  # noqa: E402
+    Dovecot,
+    GatewayProcess,
+    Profiler,
+    add_account,
+    copy_maildir,
+    cpu_seconds,
+    ratio,
+    scram_sha256,
+)
 
 PASSWORD = "bench-password"
 RETR_ACCOUNT = "retr@example.test"
@@ -110,87 +118,28 @@ def fill(state: Path, mailboxes: dict[str, tuple[int, int]]) -> None:
 
 # -- Dovecot ----------------------------------------------------------------------------
 
-def scram_sha256(password: str) -> str:
-    from gateway.auth.verifiers import derive_scram_keys
-    keys = derive_scram_keys("", password, "SHA-256", 4096)
-    parts = [base64.b64encode(x).decode() for x in (keys.salt, keys.stored_key, keys.server_key)]
-    return "{SCRAM-SHA-256}" + ",".join([str(keys.iterations), *parts])
-
-
-def start_dovecot(base: Path, mail: Path, accounts: list[str],
-                  fast: bool) -> tuple[Any, int] | None:
-    binary = shutil.which("dovecot") or "/usr/sbin/dovecot"
-    if not os.path.exists(binary) or os.geteuid() != 0:
-        return None
-    from tests.support import free_port
-    port = free_port()
-    base.chmod(0o755)
-    copy = base / "mail" / "example.test"
-    for account in accounts:  # the same messages, APOP's accounts too
-        local = account.partition("@")[0]
-        source = mail / "example.test" / local
-        for name in (local, local.replace("login", "apop")):
-            for sub in ("tmp", "new", "cur"):
-                (copy / name / sub).mkdir(parents=True, exist_ok=True)
-                if (source / sub).exists():
-                    for f in os.listdir(source / sub):
-                        shutil.copy2(source / sub / f, copy / name / sub / f)
-    subprocess.run(["chown", "-R", "nobody:nogroup", str(base / "mail")], check=True)
-    lines = []
+def start_dovecot(base: Path, mail: Path, accounts: list[str], fast: bool) -> Dovecot | None:
+    """
+    Dovecot's POP3 server (L{_common.start_dovecot}) on copies of the
+    accounts' Maildirs, each account also under its C{apop} name with a
+    C{{PLAIN}} secret (APOP needs the password itself); C{fast} is its
+    high-performance mode (login processes kept, one C{pop3} process for
+    many sessions).
+    """
+    users: list[tuple[str, str, Path]] = []
     for account in accounts:
-        home = f"{base}/mail/example.test/{account.partition('@')[0]}"
-        lines.append(f"{account}:{scram_sha256(PASSWORD)}:65534:65534::{home}::")
+        local = account.partition("@")[0]
+        home = base / "mail" / "example.test" / local
+        copy_maildir(mail / "example.test" / local, home)
+        users.append((account, scram_sha256(PASSWORD), home))
         if account.startswith("login"):
-            apop = account.replace("login", "apop")
-            lines.append(f"{apop}:{{PLAIN}}{PASSWORD}:65534:65534::{home.replace('login', 'apop')}::")
-    (base / "passwd").write_text("\n".join(lines) + "\n")
-    (base / "dovecot.conf").write_text(f"""
-protocols = pop3
-listen = 127.0.0.1
-base_dir = {base}/run
-state_dir = {base}/state
-log_path = {base}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain apop
-first_valid_uid = 1
-mail_location = maildir:~
-pop3_uidl_format = %08Xu%08Xv
-passdb {{
-  driver = passwd-file
-  args = username_format=%u {base}/passwd
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%u {base}/passwd
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-{"  service_count = 0" + chr(10) + "  process_min_avail = 2" if fast else ""}
-}}
-{"service pop3 {" + chr(10) + "  service_count = 1000" + chr(10) + "  process_min_avail = 10"
- + chr(10) + "}" if fast else ""}
-""")
-    process = subprocess.Popen([binary, "-F", "-c", str(base / "dovecot.conf")],
-                               stdout=subprocess.DEVNULL, stderr=open(base / "stderr", "wb"))
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return process, port
-        except OSError:
-            time.sleep(0.1)
-    stop(process)
-    print(f"  Dovecot did not start: {(base / 'stderr').read_text()[-500:]}")
-    return None
+            apop_home = home.with_name(local.replace("login", "apop"))
+            copy_maildir(mail / "example.test" / local, apop_home)
+            users.append((account.replace("login", "apop"), f"{{PLAIN}}{PASSWORD}", apop_home))
+    login = "  service_count = 0\n  process_min_avail = 2" if fast else ""
+    pop3 = ("service pop3 {\n  service_count = 1000\n  process_min_avail = 10\n}"
+            if fast else "")
+    return _common.start_dovecot(base, "pop3", users, settings=pop3, login_settings=login)
 
 
 # -- the clients --------------------------------------------------------------------------
@@ -360,11 +309,10 @@ def main() -> None:
         print(f"  mailboxes filled with MaildirStore in {time.perf_counter() - started:.1f} s")
         servers: list[tuple[str, int, int | None, tuple[str, str]]] = []
         if not args.no_dovecot:
-            found = start_dovecot(dovecot_dir, gateway.dir / "state" / "mail",
-                                  login_accounts() + [RETR_ACCOUNT], args.dovecot_fast)
-            if found is not None:
-                dovecot, port = found
-                servers.append(("Dovecot", port, None, ("login", "apop")))
+            dovecot = start_dovecot(dovecot_dir, gateway.dir / "state" / "mail",
+                                    login_accounts() + [RETR_ACCOUNT], args.dovecot_fast)
+            if dovecot is not None:
+                servers.append(("Dovecot", dovecot.port, None, ("login", "apop")))
         gateway.start()
         assert gateway.process is not None
         servers.insert(0, ("mailgateway", gateway.ports["pop3"], gateway.process.pid,
@@ -377,7 +325,8 @@ def main() -> None:
                 results[name].append(measure(name, port, pid, prefix, args, profile))
     finally:
         gateway.stop()
-        stop(dovecot)
+        if dovecot is not None:
+            dovecot.stop()
         if args.keep:
             print(f"(kept {gateway.dir} and {dovecot_dir})")
         else:

@@ -72,6 +72,20 @@ OUTSIDER = "[]"
 class MailTestCase(SynchronousTestCase):
     """Checks shared by every client's tests."""
 
+    def submission(self, gw: MailGateway) -> smtplib.SMTP:
+        """smtplib on the submission listener: STARTTLS, logged in as alice."""
+        smtp = self.mx(gw, "submission")
+        smtp.login(ALICE, ALICE_PASSWORD)
+        return smtp
+
+    def mx(self, gw: MailGateway, listener: str = "smtp") -> smtplib.SMTP:
+        """smtplib on C{listener}, after STARTTLS (checked against the test CA)."""
+        smtp = smtplib.SMTP("localhost", gw.port(listener), local_hostname="smtplib.test",
+                            timeout=20)
+        self.addCleanup(smtp.close)
+        smtp.starttls(context=gw.context())
+        return smtp
+
     def assertStoredOnce(self, gw: MailGateway, account: str,
                          mark: str, sender: str) -> bytes:
         """
@@ -526,21 +540,6 @@ class CurlTests(MailTestCase):
 
 class SmtplibTests(MailTestCase):
     """Python's smtplib: transactions with several recipients, postmaster, 538."""
-
-    def submission(self, gw: MailGateway) -> smtplib.SMTP:
-        smtp = smtplib.SMTP("localhost", gw.port("submission"), local_hostname="smtplib.test",
-                            timeout=20)
-        self.addCleanup(smtp.close)
-        smtp.starttls(context=gw.context())
-        smtp.login(ALICE, ALICE_PASSWORD)
-        return smtp
-
-    def mx(self, gw: MailGateway) -> smtplib.SMTP:
-        smtp = smtplib.SMTP("localhost", gw.port("smtp"), local_hostname="smtplib.test",
-                            timeout=20)
-        self.addCleanup(smtp.close)
-        smtp.starttls(context=gw.context())
-        return smtp
 
     def test_several_local_recipients_one_copy_per_account(self) -> None:
         """

@@ -76,14 +76,6 @@ class DSNTestCase(MailTestCase):
 class SmtplibDSNTests(DSNTestCase):
     """smtplib, one set of parameters per recipient."""
 
-    def submission(self, gw: MailGateway) -> smtplib.SMTP:
-        smtp = smtplib.SMTP("localhost", gw.port("submission"), local_hostname="smtplib.test",
-                            timeout=20)
-        self.addCleanup(smtp.close)
-        smtp.starttls(context=gw.context())
-        smtp.login(ALICE, ALICE_PASSWORD)
-        return smtp
-
     def test_success_notice_and_spooled_parameters(self) -> None:
         """
         alice sends to bob (NOTIFY=SUCCESS) and to an outside address
@@ -127,10 +119,7 @@ class SmtplibDSNTests(DSNTestCase):
         waits in the spool, from <> to the stranger."""
         gw = shared_mail_gateway()
         mark = token()
-        smtp = smtplib.SMTP("localhost", gw.port("smtp"), local_hostname="smtplib.test",
-                            timeout=20)
-        self.addCleanup(smtp.close)
-        smtp.starttls(context=gw.context())
+        smtp = self.mx(gw)
         refused = smtp.sendmail(STRANGER, [BOB], message(mark), rcpt_options=["NOTIFY=SUCCESS"])
         self.assertEqual(refused, {})
         self.assertStoredOnce(gw, BOB, mark, STRANGER)
@@ -143,10 +132,7 @@ class SmtplibDSNTests(DSNTestCase):
     def test_null_sender_gets_no_notice(self) -> None:
         gw = shared_mail_gateway()
         mark = token()
-        smtp = smtplib.SMTP("localhost", gw.port("smtp"), local_hostname="smtplib.test",
-                            timeout=20)
-        self.addCleanup(smtp.close)
-        smtp.starttls(context=gw.context())
+        smtp = self.mx(gw)
         self.assertEqual(smtp.sendmail("<>", [BOB], message(mark),
                                        rcpt_options=["NOTIFY=SUCCESS"]), {})
         self.assertStoredOnce(gw, BOB, mark, "")
@@ -218,10 +204,7 @@ class TimeoutTests(MailTestCase):
         return mail_gateway(self, extra="[limits]\ndata_timeout_smtp = 1.0\n")
 
     def start_data(self, gw: MailGateway) -> smtplib.SMTP:
-        smtp = smtplib.SMTP("localhost", gw.port("smtp"), local_hostname="smtplib.test",
-                            timeout=20)
-        self.addCleanup(smtp.close)
-        smtp.starttls(context=gw.context())
+        smtp = self.mx(gw)
         smtp.ehlo()
         self.assertEqual(smtp.mail(STRANGER)[0], 250)
         self.assertEqual(smtp.rcpt(BOB)[0], 250)
