@@ -166,3 +166,82 @@ def check_envelope(envelope: Any) -> None:
             else:
                 assert mailbox is not None, address
         assert not in_group, ("unclosed group", addresses)
+
+
+# -- any response (RFC 3501 section 9, response) -------------------------------
+
+_TAG = re.compile(rb"[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c\x7d\x7e]+\Z")
+_ATOM = rb"[\x21\x23\x24\x26\x27\x2b-\x5b\x5e-\x7a\x7c\x7d\x7e]+"
+_FLAG = re.compile(rb"(\\(Answered|Flagged|Deleted|Seen|Draft|Recent|\*)|" + _ATOM + rb")\Z")
+_NUMBER_DATA = re.compile(rb"(0|[1-9][0-9]*) (EXISTS|RECENT)\Z|[1-9][0-9]* EXPUNGE\Z")
+_SEARCH = re.compile(rb"SEARCH( [1-9][0-9]*)*\Z")
+_FLAGS_DATA = re.compile(rb"(FLAGS|OK \[PERMANENTFLAGS) \(([^()]*)\)")
+
+
+def responses(wire: bytes) -> list[bytes]:
+    """Split a server's output into responses (a literal's CRLFs kept)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(wire):
+        start = pos
+        while True:
+            end = wire.find(b"\r\n", pos)
+            assert end >= 0, ("response not ended by CRLF", wire[start:start + 80])
+            literal = _LITERAL.search(wire, pos, end + 2)
+            if literal is None or literal.end() != end + 2:
+                break
+            pos = literal.end() + int(literal.group(1))
+        out.append(wire[start:end])
+        pos = end + 2
+    return out
+
+
+def check_text(text: bytes) -> None:
+    """resp-text: an optional [code] then text, all TEXT-CHAR (7-bit)."""
+    assert text and all(0x01 <= c <= 0x7F and c not in (0x0D, 0x0A) for c in text), text
+    if text.startswith(b"["):
+        assert b"]" in text, text
+
+
+def check_flags(flags: bytes) -> None:
+    for flag in flags.split():
+        assert _FLAG.match(flag), ("invalid flag", flag, flags)
+
+
+def check_response(response: bytes) -> None:
+    """
+    Hold one response to RFC 3501's grammar, as far as a client's parser
+    would trip on it: the status responses and their text, the numbers of
+    EXISTS, EXPUNGE and SEARCH, flags, and FETCH data through imapclient
+    (L{parse_fetch}) with the flags it holds.
+    """
+    if response.startswith(b"+ ") or response == b"+":
+        return
+    head, _, rest = response.partition(b" ")
+    if head != b"*":
+        assert _TAG.match(head), ("bad tag", response)
+        status, _, text = rest.partition(b" ")
+        assert status in (b"OK", b"NO", b"BAD"), response
+        check_text(text)
+        return
+    kind, _, text = rest.partition(b" ")
+    if kind in (b"OK", b"NO", b"BAD", b"BYE"):
+        check_text(text)
+    if kind.isdigit() and text.startswith(b"FETCH "):
+        for data in parse_fetch(response + b"\r\n").values():
+            if b"FLAGS" in data:  # imapclient reads a keyword of digits as a number
+                check_flags(b" ".join(f if isinstance(f, bytes) else b"%d" % f
+                                      for f in data[b"FLAGS"]))
+        return
+    assert all(c < 0x80 for c in response), response  # no literal here
+    if kind.isdigit():
+        assert _NUMBER_DATA.match(rest), response
+    elif kind == b"SEARCH":
+        assert _SEARCH.match(rest), response
+    for match in _FLAGS_DATA.finditer(rest):
+        check_flags(match.group(2))
+
+
+def check_wire(wire: bytes) -> None:
+    for response in responses(wire):
+        check_response(response)

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import Limits
-from gateway.imap.protocol import IMAPFactory
+from gateway.imap.protocol import PREAUTH_COMMAND_LIMIT, IMAPFactory
 from gateway.pop3.protocol import POP3Factory
 from gateway.smtp.server import SMTPFactory
 from tests.sasl_client import ScramClient, b64, cram_md5, plain
@@ -204,6 +204,37 @@ class IMAPAuthTests(SynchronousTestCase):
         self.assertFalse(t.disconnecting)
         proto.dataReceived(b"b LOGIN {999999+}\r\n")
         self.assertTrue(t.disconnecting)
+
+    def test_chained_literals_bounded_before_login(self) -> None:
+        """
+        Small literals chained into one command before login are refused
+        once the command passes PREAUTH_COMMAND_LIMIT, not held without end.
+        """
+        proto, t = upgraded(IMAPFactory, "imap")
+        chunk = b"x" * 8000
+        proto.dataReceived(b"a LOGIN {8000+}\r\n")
+        for _ in range(PREAUTH_COMMAND_LIMIT // 8000 - 1):
+            proto.dataReceived(chunk + b" {8000+}\r\n")
+        self.assertEqual(lines(t), [])
+        self.assertFalse(t.disconnecting)
+        proto.dataReceived(chunk + b" {8000+}\r\n")
+        self.assertEqual(lines(t), [b"* BYE [TOOBIG] command too large"])
+        self.assertTrue(t.disconnecting)
+        held = sum(len(p) for p in proto._pieces)
+        self.assertEqual(held, 0)
+
+    def test_chained_synchronizing_literals_refused_and_go_on(self) -> None:
+        proto, t = upgraded(IMAPFactory, "imap")
+        proto.dataReceived(b"a LOGIN {8000}\r\n")
+        for _ in range(PREAUTH_COMMAND_LIMIT // 8000 - 1):
+            self.assertEqual(lines(t), [b"+ Ready for literal data"])
+            proto.dataReceived(b"x" * 8000 + b" {8000}\r\n")
+        self.assertEqual(lines(t), [b"+ Ready for literal data"])
+        proto.dataReceived(b"x" * 8000 + b" {8000}\r\n")
+        self.assertEqual(lines(t), [b"a NO [TOOBIG] command too large"])
+        self.assertFalse(t.disconnecting)
+        proto.dataReceived(b"b NOOP\r\n")
+        self.assertEqual(lines(t), [b"b OK NOOP completed"])
 
     def test_login_wrong(self) -> None:
         proto, t = upgraded(IMAPFactory, "imap")

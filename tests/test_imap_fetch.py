@@ -183,6 +183,30 @@ class BackpressureTests(SynchronousTestCase):
         self.assertEqual(t.drain().split(b"\r\n")[-2:], [b"a OK FETCH completed", b""])
 
 
+    def test_one_message_named_many_times(self) -> None:
+        """
+        C{FETCH 1 (BODY.PEEK[] BODY.PEEK[] ...)}: each copy is made once
+        the client has read the previous ones.  Before, the whole response
+        (here 200 copies of a 40 kB message, 8 MB; of a 35 MB one, 7 GB) was
+        built in memory before the first octet was written.
+        """
+        proto, t, opened, _ = self.connect(count=1)
+        items = b" ".join(b"BODY.PEEK[]<%d.40100>" % n for n in range(200))
+        proto.dataReceived(b"a FETCH 1 (" + items + b")\r\n")
+        self.assertEqual(opened, [1])
+        self.assertTrue(t.full)
+        self.assertLess(len(t.value()), t.limit + 2 * fetch.FLUSH_SIZE)
+        received = t.drain()
+        while t.full:
+            received += t.drain()
+        received += t.drain()
+        self.assertTrue(received.endswith(b"a OK FETCH completed\r\n"), received[-100:])
+        found = parse_fetch(received[:received.rindex(b"a OK")])[1]
+        self.assertEqual(len([k for k in found if k.startswith(b"BODY[]")]), 200)
+        self.assertEqual(found[b"BODY[]<7>"], big(0)[7:])
+        self.assertGreater(t.pauses, 50)
+
+
 class BackpressureUnitTests(SynchronousTestCase):
     def test_without_transport_support(self) -> None:
         """A transport that already has a producer: FETCH still works,

@@ -162,6 +162,16 @@ class ManagementTests(SynchronousTestCase):
         self.assertEqual(send(proto, t, b"c CREATE &Jjo"),
                          [b"c BAD mailbox name is not modified UTF-7"])
 
+    def test_refusals_quote_names_in_ascii(self) -> None:
+        """A response's text is 7-bit (RFC 3501 section 9, TEXT-CHAR);
+        before, the store's error text carried the name in UTF-8."""
+        proto, t, _ = logged_in()
+        self.assertEqual(send(proto, t, b'a SELECT "&AOk-t&AOk-"'),
+                         [b"a NO [NONEXISTENT] no such folder: \\xe9t\\xe9"])
+        send(proto, t, b"b CREATE &ZeVnLIqe-")
+        self.assertEqual(send(proto, t, b"c CREATE &ZeVnLIqe-"), [
+            b"c NO [ALREADYEXISTS] folder already exists: \\u65e5\\u672c\\u8a9e"])
+
     def test_status(self) -> None:
         proto, t, _ = logged_in((SIMPLE,))
         self.assertEqual(send(proto, t, b"a STATUS INBOX (MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)"), [

@@ -1,17 +1,23 @@
 """
 The IMAP parsing helpers: command tokens, sequence sets, FETCH items,
 SEARCH keys; each with a property test that random input raises nothing
-but the parser's own error.
+but the parser's own error; and random whole commands on a connection.
 """
 
 from __future__ import annotations
 
-from hypothesis import given
+import re
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.config import Limits
 from gateway.imap.fetch import Item, parse_items
 from gateway.imap.parser import (
+    MAX_LIST_DEPTH,
     Atom,
     ParseError,
     String,
@@ -22,6 +28,8 @@ from gateway.imap.parser import (
 )
 from gateway.imap.replies import No
 from gateway.imap.search import parse_query
+from tests.imap_grammar import check_wire, responses
+from tests.imap_support import MULTIPART, SIMPLE, selected
 
 _WIRE = st.binary(max_size=60) | st.text(
     alphabet='()[]<>."\\ *%:,0123456789ABDEFHILNOPRSTUXY{}-', max_size=60).map(str.encode)
@@ -48,6 +56,17 @@ class TokenizeTests(SynchronousTestCase):
         for bad in [b"(a", b"a)", b'"a', b'"a\\b"', b"a[b", b"{"]:
             self.assertRaises(ParseError, tokenize, [bad])
 
+    def test_nesting_bounded(self) -> None:
+        depth = MAX_LIST_DEPTH
+        tokens = tokenize([b"(" * depth + b"x" + b")" * depth])
+        for _ in range(depth):
+            tokens = tokens[0]
+        self.assertEqual(tokens, [b"x"])
+        for pieces in ([b"(" * (depth + 1) + b")" * (depth + 1)],
+                       [b"(" * depth + b"(", bytearray(b"literal"), b")" * (depth + 1)],
+                       [b"(" * 100_000]):
+            self.assertRaises(ParseError, tokenize, pieces)
+
     @given(_WIRE)
     def test_random_input(self, data: bytes) -> None:
         try:
@@ -63,7 +82,8 @@ class SequenceSetTests(SynchronousTestCase):
 
     def test_resolve(self) -> None:
         self.assertEqual(resolve([(None, 7), (5, 2), (None, None)], 10),
-                         [(7, 10), (2, 5), (10, 10)])
+                         [(2, 5), (7, 10)])
+        self.assertEqual(resolve([(9, 9), (1, 3), (4, 4), (2, 2)], 10), [(1, 4), (9, 9)])
 
     def test_errors(self) -> None:
         for bad in [b"", b"0", b"1:", b"a", b"1,,2", b"1:2:3", b"-1", b"99999999999",
@@ -104,7 +124,11 @@ class FetchItemTests(SynchronousTestCase):
 
     def test_errors(self) -> None:
         for bad in [b"BODY[FOO]", b"BODY[MIME]", b"BODY[HEADER.FIELDS]", b"BODY[]<1.0>",
-                    b"NOPE", b"BODY[0]", b"BINARY[1]"]:
+                    b"NOPE", b"BODY[0]", b"BINARY[1]",
+                    # Field names are echoed in the response as atoms.
+                    b"BODY[HEADER.FIELDS (A(B)]", b"BODY[HEADER.FIELDS (A\x01B)]",
+                    b"BODY[HEADER.FIELDS (A\\B)]", b"BODY[HEADER.FIELDS (A:B)]",
+                    b"BODY[HEADER.FIELDS.NOT (A%)]"]:
             self.assertRaises(ParseError, parse_items, Atom(bad))
         self.assertRaises(ParseError, parse_items, [])
         self.assertRaises(ParseError, parse_items, String(b"FLAGS"))
@@ -137,3 +161,89 @@ class SearchKeyTests(SynchronousTestCase):
             parse_query(tokenize([data]))
         except (ParseError, No):
             pass
+
+
+# -- whole commands on a selected connection -----------------------------------
+
+def _one(*choices: str) -> st.SearchStrategy[str]:
+    return st.sampled_from(choices)
+
+
+_ODD = st.text(alphabet='()[]<>."\\ *%:,0123456789ABDEFHILNOPRSTUXY{}-&\x01\x7f\xe9',
+               min_size=1, max_size=10)
+_SET = _one("1", "2", "3", "*", "1:*", "2:1", "1,2", "3:*", "0", "4294967295", "1:2:3") | _ODD
+_FLAG = _one("\\Seen", "\\seen", "\\Deleted", "\\Recent", "\\Foo", "\\*", "$Work", "a]b",
+             "x%y", "*", "q[r s]", "a}b", '"x"', "NIL") | _ODD
+_FLAGS = st.lists(_FLAG, max_size=3).map(lambda f: "(" + " ".join(f) + ")") | _FLAG
+_ITEM = _one("FLAGS", "UID", "ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.SIZE", "RFC822",
+             "RFC822.HEADER", "INTERNALDATE", "BODY[]", "BODY.PEEK[1]", "BODY[2.1]",
+             "BODY[1.MIME]", "BODY[TEXT]<0.5>", "BODY.PEEK[HEADER.FIELDS (a b)]",
+             "BODY[HEADER.FIELDS (a(b)]", "BODY[HEADER.FIELDS.NOT (\x01)]", "BODY[9.9.9]",
+             "BODY[]<4294967295.1>", "BINARY[1]", "FAST", "ALL") | _ODD
+_ITEMS = st.lists(_ITEM, min_size=1, max_size=3).map(lambda i: "(" + " ".join(i) + ")") | _ITEM
+_MAILBOX = _one("INBOX", "Trash", '""', '"&AOk-t&AOk-"', "&Jjo-", "a/b", '"a b"', "%", "*",
+                "&AC8-", "\xe9") | _ODD
+_KEY = st.recursive(
+    _one("ALL", "SEEN", "UNSEEN", "NEW", "1:*", "UID 1:*", "SUBJECT x", "BODY caf\xe9",
+         "TEXT hello", "HEADER to bob", "SINCE 1-Jan-2000", "SENTON 32-Jan-2000",
+         "LARGER 10", "KEYWORD a]b", "CHARSET UTF-8", "OR", "NOT", "(", ")") | _ODD,
+    lambda inner: st.one_of(
+        inner.map(lambda k: "NOT " + k),
+        st.tuples(inner, inner).map(lambda k: "OR " + k[0] + " " + k[1]),
+        st.lists(inner, min_size=1, max_size=3).map(lambda k: "(" + " ".join(k) + ")")),
+    max_leaves=6)
+_COMMAND = st.one_of(
+    st.tuples(_one("FETCH", "UID FETCH"), _SET, _ITEMS),
+    st.tuples(_one("STORE", "UID STORE"), _SET,
+              _one("FLAGS", "+FLAGS", "-FLAGS.SILENT", "FLAGS.SILENT", "X"), _FLAGS),
+    st.tuples(_one("COPY", "UID COPY", "MOVE", "UID MOVE"), _SET, _MAILBOX),
+    st.tuples(_one("SEARCH", "UID SEARCH"), st.lists(_KEY, min_size=1, max_size=3).map(" ".join)),
+    st.tuples(_one("UID EXPUNGE", "EXPUNGE", "CLOSE", "UNSELECT", "CHECK", "NOOP"),
+              _SET | st.just("")),
+    st.tuples(_one("SELECT", "EXAMINE", "CREATE", "DELETE", "SUBSCRIBE", "STATUS", "RENAME",
+                   "LIST", "LSUB"), _MAILBOX, _MAILBOX | _one("(MESSAGES UNSEEN)", "()", "")),
+    st.tuples(_one("ID", "ENABLE", "NAMESPACE", "CAPABILITY", "UID", "APPEND"),
+              _ODD | _FLAGS | st.just("")),
+).map(lambda words: " ".join(words).encode("utf-8")) | st.binary(max_size=40)
+
+
+class ConversationFuzzTests(SynchronousTestCase):
+    """
+    Random commands, most of them nearly right, on a selected connection
+    over a mailbox with messages or an empty one: each is answered with its
+    tag (no hang), never with C{[SERVERBUG]} or a logged traceback, and
+    every response holds to RFC 3501's grammar (L{tests.imap_grammar}).
+    Found so far: keywords that are no atoms (C{q[r s]}, C{a]b}, C{NIL})
+    stored and echoed in FLAGS, header field names echoed in FETCH labels
+    (C{BODY[HEADER.FIELDS (a(b)]}), and folder names in UTF-8 in NO texts.
+    """
+
+    @given(st.lists(_COMMAND, min_size=1, max_size=4), st.booleans())
+    @settings(max_examples=200, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    def test_random_commands(self, commands: list[bytes], empty: bool) -> None:
+        proto, t, _ = selected(() if empty else (SIMPLE, MULTIPART),
+                               limits=Limits(max_bad_commands=1000))
+        failures: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_failure") is not None:
+                failures.append(event["log_failure"].getTraceback())
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            for command in commands:
+                if re.search(rb"[\r\n]|\{\d+\+?\}\Z", command):
+                    continue  # not one line
+                proto.dataReceived(b"T " + command + b"\r\n")
+                wire = t.value()
+                t.clear()
+                self.assertEqual(failures, [], command)
+                self.assertNotIn(b"SERVERBUG", wire, command)
+                check_wire(wire)
+                if proto.state == "LOGOUT" or command.upper().startswith(b"IDLE"):
+                    return
+                last = responses(wire)[-1] if wire else b""
+                self.assertRegex(last, rb"\AT (OK|NO|BAD) ", command)
+        finally:
+            globalLogPublisher.removeObserver(observe)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gateway.config import Limits
 from gateway.imap import fetch, mime
 from tests.imap_support import ALICE, MULTIPART, SIMPLE, selected, send
 
@@ -111,7 +112,7 @@ class FetchTests(SynchronousTestCase):
     def test_bad_fetch(self) -> None:
         proto, t, _ = selected((SIMPLE,))
         self.assertEqual(send(proto, t, b"a FETCH 2 FLAGS"),
-                         [b"a BAD invalid message sequence number"])
+                         [b"a BAD invalid message sequence number: the last message is 1"])
         self.assertEqual(send(proto, t, b"b FETCH 1 BODY[FOO]"), [b"b BAD invalid section"])
         self.assertEqual(send(proto, t, b"c FETCH 1"),
                          [b"c BAD FETCH needs a sequence set and data items"])
@@ -142,6 +143,86 @@ class StoreTests(SynchronousTestCase):
                          [b"a NO [READ-ONLY] the mailbox is selected read-only"])
         self.assertEqual(send(proto, t, b"b STORE 1 ADDFLAGS (\\Seen)"),
                          [b"b BAD invalid STORE data item"])
+
+
+class FlagSyntaxTests(SynchronousTestCase):
+    def test_keywords_must_be_atoms(self) -> None:
+        """Keywords echoed in FLAGS responses must be atoms (RFC 3501
+        section 9): before, C{q[r s]} was stored and shown with its space."""
+        proto, t, _ = selected((SIMPLE,), limits=Limits(max_bad_commands=100))
+        for bad in [b"(a]b)", b"(x%y)", b"(*)", b"(q[r s])", b"(\\\\x)", b"(\\*)", b'("a")',
+                    b"NIL", b"(nil)"]:
+            self.assertEqual(send(proto, t, b"a STORE 1 +FLAGS " + bad),
+                             [b"a BAD invalid flag"], bad)
+        self.assertEqual(send(proto, t, b"b STORE 1 +FLAGS (\\Foo)"),
+                         [b"b BAD invalid system flag"])
+        self.assertEqual(send(proto, t, b"c STORE 1 +FLAGS (\\seen \\FLAGGED $Label1 a}b)"),
+                         [b"* 1 FETCH (FLAGS ($Label1 \\Flagged \\Seen a}b \\Recent))",
+                          b"c OK STORE completed"])
+
+    def test_append_flags_checked_too(self) -> None:
+        proto, t, _ = selected(())
+        self.assertEqual(send(proto, t, b"a APPEND INBOX (a]b) {1+}\r\nx"),
+                         [b"a BAD invalid flag"])
+
+
+class EmptyMailboxTests(SynchronousTestCase):
+    """
+    Message sets in an empty mailbox.  UIDs that do not exist are ignored
+    (RFC 3501 section 6.4.8, RFC 9051 section 6.4.9): UID commands succeed
+    and do nothing, as in Dovecot and Cyrus, and mbsync sends
+    C{UID FETCH 1:*} to every empty folder.  A message sequence number
+    beyond the last message, C{*} in an empty mailbox included, is BAD
+    (RFC 3501 and 9051 section 9, C{seq-number}; Dovecot: "Invalid
+    messageset"), but never counted toward the bad-command limit.
+    """
+
+    def setUp(self) -> None:
+        self.proto, self.t, _ = selected((), limits=Limits(max_bad_commands=3))
+
+    def send(self, line: bytes) -> list[bytes]:
+        return send(self.proto, self.t, line)
+
+    def test_uid_commands_succeed_without_data(self) -> None:
+        for command, done in [
+                (b"UID FETCH 1:* FLAGS", b"UID FETCH completed"),
+                (b"UID FETCH * (UID BODY.PEEK[])", b"UID FETCH completed"),
+                (b"UID STORE 1:* +FLAGS (\\Seen)", b"UID STORE completed"),
+                (b"UID COPY 1:* Trash", b"UID COPY completed"),
+                (b"UID MOVE 1:* Trash", b"UID MOVE completed"),
+                (b"UID EXPUNGE 1:*", b"UID EXPUNGE completed")]:
+            self.assertEqual(self.send(b"a " + command), [b"a OK " + done], command)
+
+    def test_search_finds_nothing(self) -> None:
+        self.assertEqual(self.send(b"a SEARCH 1:*"), [b"* SEARCH", b"a OK SEARCH completed"])
+        self.assertEqual(self.send(b"b UID SEARCH UID 1:* *"),
+                         [b"* SEARCH", b"b OK UID SEARCH completed"])
+
+    def test_sequence_numbers_bad_but_not_counted(self) -> None:
+        for _ in range(4):  # more than max_bad_commands
+            for command in [b"FETCH 1:* FLAGS", b"FETCH * UID", b"STORE 1:* +FLAGS (\\Seen)",
+                            b"COPY 1:* Trash", b"MOVE * Trash"]:
+                self.assertEqual(self.send(b"a " + command), [
+                    b"a BAD invalid message sequence number: the mailbox is empty"], command)
+        self.assertFalse(self.t.disconnecting)
+        self.assertEqual(self.proto.bad_commands, 0)
+        self.assertEqual(self.send(b"b NOOP"), [b"b OK NOOP completed"])
+
+    def test_beyond_the_last_message_not_counted(self) -> None:
+        proto, t, _ = selected((SIMPLE,), limits=Limits(max_bad_commands=1))
+        for command in [b"FETCH 2 FLAGS", b"FETCH 1,3:* FLAGS", b"STORE 2 +FLAGS (\\Seen)"]:
+            self.assertEqual(send(proto, t, b"a " + command), [
+                b"a BAD invalid message sequence number: the last message is 1"])
+        self.assertFalse(t.disconnecting)
+        self.assertEqual(send(proto, t, b"b FETCH 1:* UID"),
+                         [b"* 1 FETCH (UID 1)", b"b OK FETCH completed"])
+
+    def test_malformed_sets_still_counted(self) -> None:
+        self.assertEqual(self.send(b"a FETCH 0 FLAGS"), [b"a BAD invalid sequence set"])
+        self.assertEqual(self.send(b"b UID FETCH 1:x FLAGS"), [b"b BAD invalid sequence set"])
+        self.assertEqual(self.proto.bad_commands, 2)
+        self.assertEqual(self.send(b"c FETCH 1:2:3 FLAGS"), [])  # the third: closed
+        self.assertTrue(self.t.disconnecting)
 
 
 class TransferTests(SynchronousTestCase):

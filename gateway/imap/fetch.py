@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from gateway.imap import mime
-from gateway.imap.parser import Atom, ParseError, Token
+from gateway.imap.parser import ATOM_CHARS, Atom, ParseError, Token
 from gateway.store.model import MessageInfo
 
 _MACROS = {
@@ -41,6 +42,10 @@ _INDEX_ONLY = {b"FLAGS", b"UID", b"INTERNALDATE", b"RFC822.SIZE"}
 _SECTION = re.compile(
     rb"(BODY|BODY\.PEEK|BINARY\.PEEK|BINARY)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?\Z", re.IGNORECASE)
 _PART = re.compile(rb"[1-9][0-9]{0,4}\Z")
+_FIELD_NAME_CHARS = ATOM_CHARS - {ord(":")}
+#: A FETCH response is written in pieces of about this size, each once
+#: the client has read the previous one (L{render_pieces}, L{Backpressure}).
+FLUSH_SIZE = 65536
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
@@ -119,15 +124,19 @@ def _section(spec: bytes) -> tuple[tuple[int, ...], bytes, tuple[bytes, ...]]:
     head, space, rest = spec.partition(b" ")
     numbers: list[int] = []
     words = head.split(b".") if head else []
-    while words and _PART.match(words[0]):
-        numbers.append(int(words.pop(0)))
-    text = b".".join(words).upper()
+    for word in words:
+        if not _PART.match(word):
+            break
+        numbers.append(int(word))
+    text = b".".join(words[len(numbers):]).upper()
     if text in (b"HEADER.FIELDS", b"HEADER.FIELDS.NOT"):
         rest = rest.strip()
         if not (rest.startswith(b"(") and rest.endswith(b")")):
             raise ParseError("HEADER.FIELDS needs a list of field names")
         names = rest[1:-1].replace(b'"', b" ").split()
-        if not names or any(not n.isascii() or b":" in n for n in names):
+        # Echoed in the response's label as atoms: field names (RFC 5322
+        # section 3.6.8, printable but ":") that are atoms too.
+        if not names or any(not _FIELD_NAME_CHARS.issuperset(n) for n in names):
             raise ParseError("invalid header field name")
         fields = tuple(n.upper() for n in names)
     elif space or text not in (b"", b"HEADER", b"TEXT", b"MIME"):
@@ -190,9 +199,21 @@ def render(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
 
     @param data: the message, if L{needs_body}.
     """
-    out: list[bytes] = []
+    return b"".join(render_pieces(info, items, recent, uid, data))
+
+
+def render_pieces(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
+                  data: bytes | None) -> Iterator[bytes]:
+    """
+    L{render}'s output one item at a time, each made only when asked for:
+    C{FETCH 1 (BODY.PEEK[] BODY.PEEK[] ...)} names a 35 MB message hundreds
+    of times in one line, and its response must not be built whole.
+    """
+    yield b"("
+    first = True
     if uid and not any(item.name == b"UID" for item in items):
-        out.append(b"UID %d" % info.uid)
+        yield b"UID %d" % info.uid
+        first = False
     root = mime.parse(data) if data is not None else None
     for item in items:
         name = item.name
@@ -222,8 +243,9 @@ def render(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
                     origin, count = item.partial
                     chunk = chunk[origin:origin + count]
                 value = mime.literal(chunk)
-        out.append(item.label() + b" " + value)
-    return b"(" + b" ".join(out) + b")"
+        yield (b"" if first else b" ") + item.label() + b" " + value
+        first = False
+    yield b")"
 
 
 @implementer(IPushProducer)

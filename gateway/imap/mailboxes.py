@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.imap.fetch import flags_list
 from gateway.imap.mime import nstring
-from gateway.imap.parser import Atom, String, Token
+from gateway.imap.parser import ATOM_CHARS, Atom, String, Token
 from gateway.imap.replies import Bad, No, store_refusal
 from gateway.store.model import DELIMITER, FolderInfo, StoreError
 
@@ -163,15 +163,37 @@ def parse_date_time(token: Token) -> float:
     return float(seconds - offset if sign == b"+" else seconds + offset)
 
 
+_SYSTEM = {flag.lower(): flag for flag in SYSTEM_FLAGS}
+
+
 def parse_flags(token: Token) -> list[str]:
+    """
+    The flags of STORE and APPEND (RFC 3501 section 9, C{flag-list}):
+    system flags, in their usual spelling whatever the case sent, and
+    keywords that are atoms, so that every FLAGS response stays valid.
+
+    @raise Bad: a keyword that is no atom (C{a]b}, C{x*}, C{[a b]}) or is
+        C{NIL}, a flag-extension we do not know (C{\\Foo}: a server must
+        not make up such flags, section 9, C{flag-extension}), or
+        C{\\Recent}.
+    """
     items = token if isinstance(token, list) else [token]
     flags = []
     for item in items:
-        if not isinstance(item, Atom) or not item or item.startswith(b"\\\\"):
+        if not isinstance(item, Atom):
             raise Bad("invalid flag")
-        flag = bytes(item).decode("ascii", "replace")
-        if flag.startswith("\\") and flag.lower() == "\\recent":
-            raise Bad("\\Recent cannot be set")
+        word = bytes(item)
+        name = word[1:] if word.startswith(b"\\") else word
+        if not name or not ATOM_CHARS.issuperset(name) or word.upper() == b"NIL":
+            # NIL is an atom, but clients read it as no value (Dovecot: BAD).
+            raise Bad("invalid flag")
+        flag = word.decode("ascii")
+        if word.startswith(b"\\"):
+            if flag.lower() == "\\recent":
+                raise Bad("\\Recent cannot be set")
+            if flag.lower() not in _SYSTEM:
+                raise Bad("invalid system flag")
+            flag = _SYSTEM[flag.lower()]
         flags.append(flag)
     return flags
 

@@ -14,11 +14,16 @@ difference; it matters where NIL and "NIL" differ.
 An atom that contains C{[} runs to the matching C{]} whatever it holds, so
 C{BODY.PEEK[HEADER.FIELDS (From To)]<0.100>} is one atom (RFC 3501
 section 9, C{fetch-att}).
+
+Parenthesized lists nest at most L{MAX_LIST_DEPTH} deep: the commands that
+walk the token tree (SEARCH keys above all) may then recurse over it
+without meeting Python's recursion limit, whatever the client sends.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Union
 
@@ -28,9 +33,29 @@ _LITERAL = re.compile(rb"\{(\d{1,20})(\+?)\}$")
 #: (list-wildcards, sequence sets), C{]} (resp-specials) and C{\\} (flags).
 _NOT_ATOM = set(b'(){ "') | set(range(0, 0x20)) | set(range(0x7F, 0x100))
 
+#: RFC 3501 section 9, ATOM-CHAR: any CHAR but atom-specials.  What a
+#: server echoes as an atom (a keyword, a header field name) must be made of
+#: these alone; our tokenizer lets more into atoms.
+ATOM_CHARS = frozenset(range(0x21, 0x7F)) - frozenset(b'(){%*"\\]')
+
+#: How deep parenthesized lists may nest in a command.  No command needs
+#: more than a few levels; SEARCH, the deepest, has its own lower bound
+#: (L{gateway.imap.search.MAX_SEARCH_DEPTH}).
+MAX_LIST_DEPTH = 64
+
 
 class ParseError(ValueError):
-    """The command is malformed; the message is safe to show the client."""
+    """
+    The command is malformed (answered BAD); the message is safe to show
+    the client.
+
+    @cvar counted: whether the BAD counts toward the connection's
+        C{max_bad_commands}: a garbled command does, a well-formed one that
+        names messages the client's view lacks does not
+        (L{gateway.imap.replies.BadSequence}).
+    """
+
+    counted = True
 
 
 class Atom(bytes):
@@ -89,6 +114,8 @@ def _scan(piece: bytes, stack: list[list[Token]]) -> None:
         if c == 0x20:
             i += 1
         elif c == 0x28:  # (
+            if len(stack) > MAX_LIST_DEPTH:
+                raise ParseError(f"parentheses nested too deep (more than {MAX_LIST_DEPTH} levels)")
             new: list[Token] = []
             stack[-1].append(new)
             stack.append(new)
@@ -137,6 +164,9 @@ def _scan(piece: bytes, stack: list[list[Token]]) -> None:
 
 _NUMBER = re.compile(rb"[1-9][0-9]{0,9}\Z")
 
+#: Larger than any sequence number or UID (32 bits).
+_AFTER_ANY = 1 << 32
+
 #: A range; C{None} stands for C{*}.
 Range = tuple[int | None, int | None]
 
@@ -170,18 +200,31 @@ def _seq_number(text: bytes) -> int | None:
 def resolve(ranges: list[Range], largest: int) -> list[tuple[int, int]]:
     """
     The ranges as C{(low, high)} with C{*} replaced by C{largest} (RFC 3501
-    section 9: C{*} is the largest number in use; C{3:1} is C{1:3}).
+    section 9: C{*} is the largest number in use; C{3:1} is C{1:3}),
+    sorted and merged: overlapping or adjacent ranges become one, so that
+    L{contains} can bisect.
     """
-    out = []
+    spans = []
     for a, b in ranges:
         lo = largest if a is None else a
         hi = largest if b is None else b
-        out.append((min(lo, hi), max(lo, hi)))
+        spans.append((min(lo, hi), max(lo, hi)))
+    spans.sort()
+    out: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
     return out
 
 
 def contains(resolved: list[tuple[int, int]], value: int) -> bool:
-    return any(lo <= value <= hi for lo, hi in resolved)
+    """Is C{value} in a set from L{resolve}?  In time logarithmic in the
+    number of ranges: SEARCH asks this for every message of the folder."""
+    i = bisect_right(resolved, (value, _AFTER_ANY)) - 1
+    return i >= 0 and resolved[i][0] <= value <= resolved[i][1]
 
 
 def format_set(values: list[int]) -> str:

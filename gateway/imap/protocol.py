@@ -43,6 +43,12 @@ from gateway.store.model import StoreError
 _TAG = re.compile(rb"^[\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c\x7d\x7e]+$")  # RFC 3501 tag
 #: Literals before login carry only names and passwords.
 PREAUTH_LITERAL_LIMIT = 8192
+#: A whole command before login (its lines and literals): a few names and
+#: passwords.  Without a bound on the whole, a client could chain any number
+#: of small literals into one command held in memory.
+PREAUTH_COMMAND_LIMIT = 65536
+#: After login a command may carry a message (APPEND) and this much more.
+COMMAND_OVERHEAD = 65536
 
 #: The commands that write their own tagged reply (C{do_*}).
 _OWN_REPLY = {"LOGOUT", "STARTTLS", "LOGIN", "AUTHENTICATE"}
@@ -73,6 +79,7 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
         self.idling: bytes | None = None
         self._idle_work: Deferred[Any] = succeed(None)
         self._pieces: list[bytes | bytearray] = []
+        self._command_size = 0  # octets of the command being assembled
         self._tag: bytes | None = None
         self._literal_left = 0
         self._literal: bytearray | None = None
@@ -138,21 +145,26 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
         if announced is None:
             self._pieces.append(line)
             pieces, tag = self._pieces, self._tag
-            self._pieces, self._tag = [], None
+            self._pieces, self._tag, self._command_size = [], None, 0
             return self.dispatch(tag, pieces)
         text, literal = announced
-        limit = (PREAUTH_LITERAL_LIMIT if self.state == "NOT-AUTHENTICATED"
-                 else self.context.limits.max_message_size)
+        if self.state == "NOT-AUTHENTICATED":
+            limit, total = PREAUTH_LITERAL_LIMIT, PREAUTH_COMMAND_LIMIT
+        else:
+            limit = self.context.limits.max_message_size
+            total = limit + COMMAND_OVERHEAD
         tag = self._tag
-        if literal.size > limit:
-            self._pieces, self._tag = [], None
+        self._command_size += len(line) + literal.size
+        if literal.size > limit or self._command_size > total:
+            what = "literal" if literal.size > limit else "command"
+            self._pieces, self._tag, self._command_size = [], None, 0
             if literal.non_synchronizing:
                 # RFC 7888 section 4: the data is on its way; close instead
                 # of reading it.
-                self.untagged("BYE [TOOBIG] literal too large")
+                self.untagged(f"BYE [TOOBIG] {what} too large")
                 self.disconnect()
             else:
-                self.tagged(tag, "NO", "[TOOBIG] literal too large")
+                self.tagged(tag, "NO", f"[TOOBIG] {what} too large")
             return None
         self._pieces.append(text)
         if not literal.non_synchronizing:
@@ -224,7 +236,7 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
 
     def _command_failed(self, failure: Failure, tag: bytes) -> None:
         if failure.check(ParseError):
-            if not self.count_bad_command():
+            if not getattr(failure.value, "counted", True) or not self.count_bad_command():
                 self.tagged(tag, "BAD", str(failure.value))
         elif failure.check(No):
             self.tagged(tag, "NO", str(failure.value))

@@ -18,6 +18,16 @@ quoted-printable body rarely contain what the user typed, so a byte-wise
 match would silently miss most text anyway, while the beginning of a large
 message (its headers and its text part, usually first) is what people
 search.
+
+The keys nest (C{NOT}, C{OR}, parentheses) at most L{MAX_SEARCH_DEPTH}
+levels deep, a BAD beyond: both the parser and the predicate it builds
+recurse once per level, and a thousand C{NOT}s would otherwise end in a
+C{RecursionError}.  A command holds at most L{MAX_SEARCH_KEYS} keys, of
+which L{MAX_SEARCH_TEXT_KEYS} may read message text (C{NO [LIMIT]}
+beyond): SEARCH runs on the reactor, and a hundred C{NOT TEXT x} keys
+took 0.6 s per 4 MB message.  A sequence set is resolved once per command
+and looked up by bisection, so that a set of thousands of ranges costs
+little per message.
 """
 
 from __future__ import annotations
@@ -25,13 +35,22 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_tz
 from typing import Any
 
 from gateway.imap import decode, mime
-from gateway.imap.parser import Atom, ParseError, Token, contains, parse_sequence_set, resolve
+from gateway.imap.parser import (
+    Atom,
+    ParseError,
+    Range,
+    Token,
+    contains,
+    parse_sequence_set,
+    resolve,
+)
 from gateway.imap.replies import No
 from gateway.store.model import MessageInfo, NoSuchMessage
 
@@ -47,6 +66,19 @@ _FLAG_KEYS = {
 }
 _ADDRESS_KEYS = {b"FROM", b"TO", b"CC", b"BCC", b"SUBJECT"}
 _CHARSETS = {b"UTF-8", b"US-ASCII"}
+#: How deep search keys may nest, each C{NOT}, C{OR} and parenthesized
+#: list one level.  Mail readers nest a few levels (an OR per field
+#: searched); the parser and the predicate recurse about twice per level,
+#: far below Python's limit of 1,000 frames.
+MAX_SEARCH_DEPTH = 50
+#: How many search keys one command may hold, and how many of them may
+#: look at message text (FROM, SUBJECT, HEADER, BODY, TEXT...): each text
+#: key scans up to C{max_search_text_size} of decoded text per message,
+#: and with literals for their strings a command may hold any number of
+#: them.  A mail reader's search has a few; beyond, C{NO [LIMIT]} (RFC 5530).
+MAX_SEARCH_KEYS = 1000
+MAX_SEARCH_TEXT_KEYS = 50
+_TEXT_KEYS = _ADDRESS_KEYS | {b"HEADER", b"BODY", b"TEXT"}
 
 
 @dataclass
@@ -114,11 +146,14 @@ def _all(tests: list[Predicate]) -> Predicate:
 
 
 class _Parser:
-    def __init__(self, tokens: list[Token]) -> None:
+    def __init__(self, tokens: list[Token], depth: int = 0,
+                 counts: list[int] | None = None) -> None:
         self.tokens = tokens
         self.i = 0
         self.needs_body = False
-        self.depth = 0
+        self.depth = depth
+        #: keys and text keys so far, shared with the parsers of inner lists
+        self.counts = [0, 0] if counts is None else counts
 
     def done(self) -> bool:
         return self.i >= len(self.tokens)
@@ -160,20 +195,17 @@ class _Parser:
         if isinstance(token, list):
             if not token:
                 raise ParseError("empty parenthesized search keys")
-            self.depth += 1
-            if self.depth > 50:
-                raise ParseError("search keys nested too deep")
-            inner = _Parser(token)
-            inner.depth = self.depth
-            tests = []
-            while not inner.done():
-                tests.append(inner.key())
+            with self._nested():
+                inner = _Parser(token, self.depth, self.counts)
+                tests = []
+                while not inner.done():
+                    tests.append(inner.key())
             self.needs_body |= inner.needs_body
-            self.depth -= 1
             return _all(tests)
         if not isinstance(token, Atom):
             raise ParseError("search key expected")
         word = token.upper()
+        self._count(word in _TEXT_KEYS)
         if word == b"ALL":
             return lambda c: True
         if word in _FLAG_KEYS:
@@ -218,22 +250,59 @@ class _Parser:
             self.needs_body = True
             return lambda c: text in c.headers() or any(text in body for body in c.bodies())
         if word == b"NOT":
-            negated = self.key()
+            with self._nested():
+                negated = self.key()
             return lambda c: not negated(c)
         if word == b"OR":
-            left, right = self.key(), self.key()
+            with self._nested():
+                left, right = self.key(), self.key()
             return lambda c: left(c) or right(c)
         if word == b"UID":
-            ranges = parse_sequence_set(self._atom())
-            return lambda c: contains(resolve(ranges, c.largest_uid), c.info.uid)
-        ranges = parse_sequence_set(token)
-        return lambda c: contains(resolve(ranges, c.largest_seq), c.seq)
+            return _in_set(parse_sequence_set(self._atom()), lambda c: c.largest_uid,
+                           lambda c: c.info.uid)
+        return _in_set(parse_sequence_set(token), lambda c: c.largest_seq, lambda c: c.seq)
+
+    def _count(self, text: bool) -> None:
+        self.counts[0] += 1
+        self.counts[1] += text
+        if self.counts[0] > MAX_SEARCH_KEYS:
+            raise No(f"[LIMIT] too many search keys (at most {MAX_SEARCH_KEYS})")
+        if self.counts[1] > MAX_SEARCH_TEXT_KEYS:
+            raise No(f"[LIMIT] too many search keys on message text (at most "
+                     f"{MAX_SEARCH_TEXT_KEYS})")
+
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        """One level deeper for the keys parsed inside (L{MAX_SEARCH_DEPTH})."""
+        if self.depth >= MAX_SEARCH_DEPTH:
+            raise ParseError(f"search keys nested too deep (more than {MAX_SEARCH_DEPTH} "
+                             "levels of NOT, OR and parentheses)")
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def _atom(self) -> Atom:
         token = self.next()
         if not isinstance(token, Atom):
             raise ParseError("atom expected")
         return token
+
+
+def _in_set(ranges: list[Range], largest: Callable[[Candidate], int],
+            value: Callable[[Candidate], int]) -> Predicate:
+    """A sequence-set key: C{*} is resolved against the largest number of
+    the view, the same for every message of one command, so once."""
+    resolved: dict[int, list[tuple[int, int]]] = {}
+
+    def test(c: Candidate) -> bool:
+        top = largest(c)
+        spans = resolved.get(top)
+        if spans is None:
+            spans = resolved[top] = resolve(ranges, top)
+        return contains(spans, value(c))
+    return test
 
 
 def _compare(op: bytes, day: tuple[int, int, int],

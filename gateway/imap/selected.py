@@ -19,7 +19,7 @@ from typing import Any
 from gateway.imap import fetch
 from gateway.imap.mailboxes import decode_name, parse_flags
 from gateway.imap.parser import Atom, Token, format_set, parse_sequence_set, resolve
-from gateway.imap.replies import Bad, No, store_refusal
+from gateway.imap.replies import Bad, BadSequence, No, store_refusal
 from gateway.store.model import MessageInfo, NoSuchMessage, StoreError
 
 _STORE_MODES = {b"FLAGS": "replace", b"+FLAGS": "add", b"-FLAGS": "remove"}
@@ -60,16 +60,20 @@ class SelectedCommands:
         100,000 messages builds no set or list of them.  The set is checked
         at once.
 
-        @raise Bad: a malformed set, or a sequence number that does not
-            exist (UIDs that do not exist are ignored, RFC 3501 section
-            6.4.8).
+        @raise Bad: a malformed set.
+        @raise BadSequence: a sequence number that does not exist, C{*}
+            in an empty mailbox included (RFC 3501 and RFC 9051 section 9,
+            C{seq-number}; Dovecot answers the same).  UIDs that do not
+            exist are ignored (RFC 3501 section 6.4.8, RFC 9051 section
+            6.4.9): a UID command on an empty mailbox succeeds, doing
+            nothing.
         """
         ranges = parse_sequence_set(token)  # type: ignore[arg-type]
         messages = self.session.messages()  # replaced by a sync, never changed
         if not messages:
             if uid:
                 return iter(())
-            raise Bad("invalid message sequence number: the mailbox is empty")
+            raise BadSequence("invalid message sequence number: the mailbox is empty")
         spans = []
         if uid:
             for lo, hi in resolve(ranges, messages[-1].uid):
@@ -78,7 +82,8 @@ class SelectedCommands:
         else:
             for lo, hi in resolve(ranges, len(messages)):
                 if hi > len(messages):
-                    raise Bad("invalid message sequence number")
+                    raise BadSequence("invalid message sequence number: the last "
+                                      f"message is {len(messages)}")
                 spans.append((lo - 1, hi))
         return _walk(messages, spans)
 
@@ -116,9 +121,33 @@ class SelectedCommands:
                     if updated:
                         info = updated[0]
                     wanted = with_flags
-                response = fetch.render(info, wanted, info.uid in session.recent, uid, data)
-                self.transport.write(b"* %d FETCH " % seq + response + b"\r\n")
+                if not await self._write_fetch(seq, fetch.render_pieces(
+                        info, wanted, info.uid in session.recent, uid, data), pressure):
+                    break
         return "UID FETCH completed" if uid else "FETCH completed"
+
+    async def _write_fetch(self, seq: int, pieces: Iterator[bytes],
+                           pressure: fetch.Backpressure) -> bool:
+        """
+        Write one FETCH response, waiting for the client to read after each
+        L{fetch.FLUSH_SIZE} octets: C{FETCH 1 (BODY.PEEK[] BODY.PEEK[] ...)}
+        may name a large message hundreds of times in one line.
+
+        @return: C{False} if the connection is closing.
+        """
+        out = [b"* %d FETCH " % seq]
+        size = 0
+        for piece in pieces:
+            out.append(piece)
+            size += len(piece)
+            if size >= fetch.FLUSH_SIZE:
+                self.transport.write(b"".join(out))
+                out, size = [], 0
+                if not await pressure.ready():
+                    return False
+        out.append(b"\r\n")
+        self.transport.write(b"".join(out))
+        return True
 
     # STORE
 
