@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, Logger, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import Limits
+from gateway.protocol import CLOSE_GRACE
 from gateway.smtp.delivery import Delivery
 from gateway.smtp.policy import PolicySettings
 from gateway.smtp.server import SMTPFactory, SMTPServices
@@ -289,6 +293,46 @@ class SubmissionTests(TransactionTestCase):
         self.assertIn(b"with ESMTPSA", message)
         self.assertNotIn(b"correct horse", message)
 
+    def test_one_log_line_per_connection(self) -> None:
+        """
+        An SMTP connection is logged once, at its close, with what an
+        administrator looks for: the client, TLS, the account and how it
+        logged in, what it did and why it ended (Postfix's smtpd summary).
+        """
+        events: list[dict[str, Any]] = []
+        proto, t = self.open()
+        proto.log = Logger(observer=cast(ILogObserver, events.append))
+        self.login(proto, t)
+        proto.dataReceived(b"MAIL FROM:<alice@example.edu>\r\nRCPT TO:<bob@example.edu>\r\n"
+                           b"DATA\r\nhi\r\n.\r\nQUIT\r\n")
+        proto.connectionLost(None)
+        self.assertEqual([formatEvent(e) for e in events],
+                         ["test: 192.0.2.7 logged in as alice@example.edu (PLAIN), 1 message, "
+                          "closed: done"])
+
+    def test_log_line_names_the_tls_version(self) -> None:
+        events: list[dict[str, Any]] = []
+        proto, t = self.open()
+        proto.log = Logger(observer=cast(ILogObserver, events.append))
+        proto.dataReceived(b"STARTTLS\r\n")
+        proto.handshakeCompleted()
+        # What gateway.tls.connection_info reads from a real TLS connection.
+        proto.tls_info = {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}
+        proto.connectionLost(Failure(ConnectionLost("Connection lost")))
+        self.assertEqual([formatEvent(e) for e in events],
+                         ["test: 192.0.2.7 TLSv1.3 TLS_AES_256_GCM_SHA384, 0 messages, "
+                          "closed: Connection to the other side was lost in a non-clean "
+                          "fashion: Connection lost."])
+
+    def test_log_line_without_tls_or_login(self) -> None:
+        events: list[dict[str, Any]] = []
+        proto, t = self.open()
+        proto.log = Logger(observer=cast(ILogObserver, events.append))
+        proto.dataReceived(b"QUIT\r\n")
+        proto.connectionLost(None)
+        self.assertEqual([formatEvent(e) for e in events],
+                         ["test: 192.0.2.7 no TLS, 0 messages, closed: done"])
+
     def test_implicit_tls_counts_as_encrypted(self) -> None:
         proto, t = self.open(tls="implicit", role="submissions")
         proto.dataReceived(b"AUTH PLAIN " + plain("bob@example.edu", "battery staple") + b"\r\n")
@@ -449,6 +493,65 @@ class TimeoutTests(TransactionTestCase):
         self.assertTrue(replies[1].startswith(b"421 4.4.2 "), replies)
         self.assertTrue(t.disconnecting)
         self.assertEqual(len(self.inbox("bob@example.edu")), 1)
+
+    def assertAbortedAfterGrace(self, t: Any) -> None:
+        """The connection is closing but not aborted until L{CLOSE_GRACE}
+        has passed: a client that reads its last reply is closed in the
+        ordinary way."""
+        self.assertTrue(t.disconnecting)
+        self.assertFalse(t.disconnected)
+        self.clock.advance(CLOSE_GRACE - 0.1)
+        self.assertFalse(t.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(t.disconnected)  # StringTransport.abortConnection
+
+    def test_idle_timeout_aborts_a_client_that_does_not_read(self) -> None:
+        """
+        A client that stops reading (and sending) would keep the connection
+        for ever after the idle timeout's 421, since loseConnection waits
+        for the reply to be sent: it is aborted after the grace.
+        """
+        proto, t = self.open(limits=self.limits)
+        self.clock.advance(300)
+        self.assertEqual(lines(t), [b"421 4.4.2 mail.example.edu idle timeout, closing connection"])
+        self.assertAbortedAfterGrace(t)
+
+    def test_data_timeout_aborts_a_client_that_does_not_read(self) -> None:
+        proto, t = self.start_data()
+        self.clock.advance(200)
+        self.assertTrue(lines(t)[-1].startswith(b"421 4.4.2 "))
+        self.assertAbortedAfterGrace(t)
+
+    def test_connection_time_limit_aborts_a_client_that_does_not_read(self) -> None:
+        proto, t = self.open(limits=self.limits)
+        for _ in range(12):
+            self.clock.advance(290)
+            proto.dataReceived(b"NOOP\r\n")
+        self.clock.advance(3600 - 12 * 290)
+        self.assertTrue(lines(t)[-1].startswith(b"421 4.4.2 "))
+        self.assertAbortedAfterGrace(t)
+
+    def test_bad_command_limit_aborts_a_client_that_does_not_read(self) -> None:
+        proto, t = self.open(limits=Limits(max_message_size=10_000, max_bad_commands=2))
+        proto.dataReceived(b"BOGUS\r\nBOGUS\r\n")
+        self.assertAbortedAfterGrace(t)
+
+    def test_line_too_long_aborts_a_client_that_does_not_read(self) -> None:
+        proto, t = self.open(limits=Limits(max_message_size=10_000, max_line_length=100))
+        proto.dataReceived(b"NOOP " + b"x" * 200)
+        self.assertEqual(lines(t), [b"500 5.5.6 line too long, closing connection"])
+        self.assertAbortedAfterGrace(t)
+
+    def test_closed_connection_leaves_no_abort_behind(self) -> None:
+        """A connection that closes within the grace is not aborted later,
+        and no timer of its is left."""
+        proto, t = self.open(limits=self.limits)
+        proto.dataReceived(b"QUIT\r\n")
+        self.assertTrue(t.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(CLOSE_GRACE)
+        self.assertFalse(t.disconnected)
 
     def test_other_protocols_have_no_connection_bound(self) -> None:
         """The bound is SMTP's: POP3 and IMAP keep only their idle timeouts."""

@@ -57,6 +57,7 @@ class SMTPServer(LineProtocol):
     """One ESMTP connection."""
 
     service_name = "smtp"
+    summary_log = True  # a connection per message is common: one log line each
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
@@ -79,13 +80,20 @@ class SMTPServer(LineProtocol):
         return self.context.limits.session_timeout_smtp
 
     def reply(self, code: int, enhanced: str | None, text: str, *more: str) -> None:
-        """Send a (possibly multi-line) reply with its RFC 3463 code."""
+        """Send a (possibly multi-line) reply with its RFC 3463 code, in one
+        write (one TLS record, one C{send})."""
+        lead = f"{code} {enhanced} " if enhanced else f"{code} "
+        if not more:
+            self.transport.write((lead + text + "\r\n").encode("utf-8"))
+            return
+        cont = f"{code}-{enhanced} " if enhanced else f"{code}-"
         lines = [text, *more]
-        for i, item in enumerate(lines):
-            sep = "-" if i < len(lines) - 1 else " "
-            prefix = f"{code}{sep}"
-            body = f"{enhanced} {item}" if enhanced else item
-            self.sendLine((prefix + body).encode("utf-8"))
+        last = lines.pop()
+        self.transport.write(("".join(cont + item + "\r\n" for item in lines)
+                              + lead + last + "\r\n").encode("utf-8"))
+
+    def summary_details(self) -> str:
+        return "1 message" if self.messages == 1 else f"{self.messages} messages"
 
     def reply_shutdown(self) -> None:
         self.reply(421, "4.3.2", f"{self.context.hostname} shutting down")
