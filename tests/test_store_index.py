@@ -4,10 +4,12 @@ Tests for L{gateway.store.index}: the per-account SQLite index.
 
 from __future__ import annotations
 
+import sqlite3
+
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.store.index import AccountIndex, Row
+from gateway.store.index import AccountIndex, Row, stamp
 
 
 def row(uid: int, size: int = 10, key: str | None = None) -> Row:
@@ -90,3 +92,103 @@ class IndexTests(SynchronousTestCase):
         with self.index.transaction():
             self.index.subscribe("x", False)
         self.assertEqual(self.index.subscriptions(), set())
+
+
+class SuspendTests(SynchronousTestCase):
+    """
+    An idle account's index connection is closed (suspended) and opened
+    again by its next transaction, which must still tell whether another
+    connection wrote meanwhile: C{data_version} cannot, across two
+    connections; the generation counter can.
+    """
+
+    def setUp(self) -> None:
+        self.path = FilePath(self.mktemp()).path
+        self.index = self.open()
+        with self.index.transaction():
+            self.folder = self.index.add_folder("INBOX").id
+
+    def open(self) -> AccountIndex:
+        index = AccountIndex(self.path, uidvalidity_base=lambda: 1000)
+        self.addCleanup(index.close)
+        return index
+
+    def write(self, index: AccountIndex, uid: int) -> None:
+        with index.transaction():
+            index.insert(self.folder, [row(uid)])
+
+    def test_suspend_closes_the_connection_and_its_files(self) -> None:
+        """The last connection to close removes the WAL and its index
+        (the C{-shm} mapping is what an open connection costs besides
+        SQLite's buffers)."""
+        self.write(self.index, 1)
+        self.assertTrue(FilePath(self.path + "-shm").exists())
+        self.index.suspend()
+        self.assertTrue(self.index.suspended)
+        self.assertFalse(FilePath(self.path + "-wal").exists())
+        self.assertFalse(FilePath(self.path + "-shm").exists())
+        self.assertFalse(self.index.begin())  # opened again: nobody wrote
+        self.assertFalse(self.index.suspended)
+        self.assertEqual([r.uid for r in self.index.rows(self.folder)], [1])
+        self.index.commit()
+
+    def test_own_writes_are_not_news(self) -> None:
+        self.write(self.index, 1)
+        self.index.suspend()
+        self.write(self.index, 2)  # reopens, writes, commits
+        self.index.suspend()
+        self.assertFalse(self.index.begin())
+        self.index.commit()
+
+    def test_another_connection_writes_while_suspended(self) -> None:
+        other = self.open()
+        self.index.suspend()
+        self.write(other, 1)
+        self.assertTrue(self.index.begin())
+        self.index.commit()
+        self.index.suspend()
+        other.begin()
+        other.commit()  # a transaction that changes nothing is no news
+        self.assertFalse(self.index.begin())
+        self.index.commit()
+
+    def test_another_connection_wrote_before_the_suspend(self) -> None:
+        """A change we had not yet taken when we closed is news at reopen,
+        even though the generation did not move while we were closed."""
+        other = self.open()
+        self.write(other, 1)
+        self.index.suspend()
+        self.assertTrue(self.index.begin())
+        self.index.commit()
+
+    def test_failed_reopen_stays_suspended(self) -> None:
+        impatient = AccountIndex(self.path, uidvalidity_base=lambda: 1000, timeout=0)
+        self.addCleanup(impatient.close)
+        impatient.suspend()
+        self.write(self.index, 1)
+        self.index.begin()  # holds the write lock
+        self.assertRaises(sqlite3.OperationalError, impatient.begin)
+        self.assertTrue(impatient.suspended)
+        self.index.commit()
+        self.assertTrue(impatient.begin())  # the change is still news
+        impatient.commit()
+
+    def test_stamp_moves_with_any_commit(self) -> None:
+        """What the store's poll compares: any connection's commit changes
+        it, and an index that knows another connection wrote since its last
+        transaction gives none."""
+        other = self.open()
+        before = stamp(self.path)
+        self.assertEqual(self.index.stamp(), before)
+        self.write(other, 1)
+        self.assertNotEqual(stamp(self.path), before)
+        self.assertIsNone(self.index.stamp())
+        self.index.begin()
+        self.index.commit()
+        self.assertEqual(self.index.stamp(), stamp(self.path))
+        other.close()
+        self.index.suspend()  # the last connection: the WAL goes
+        closed = stamp(self.path)
+        self.assertIsNone(closed[0])
+        self.write(self.open(), 2)
+        self.assertNotEqual(stamp(self.path), closed)

@@ -659,10 +659,12 @@ class LockTests(MaildirTestCase):
         gc.collect()
         self.assertTrue(callable(self.ok(self.store.lock_pop3(ALICE))))
 
-    def test_polling_only_while_sessions_are_open(self) -> None:
+    def test_polling_only_while_sessions_or_indexes_are_open(self) -> None:
         session = self.open()
         self.assertTrue(self.store._poller.running)
         self.ok(session.close())
+        self.clock.advance(60)  # the index is closed when idle (tests.test_store_idle)
+        self.clock.advance(1)
         self.assertFalse(self.store._poller.running)
         self.failureResultOf(session.sync(), RuntimeError)
 

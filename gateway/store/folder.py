@@ -125,6 +125,11 @@ class FolderState(FolderModel):
             self._by_key = {info.key: uid for uid, info in self.infos.items()}
         return self._by_key
 
+    def shrink(self) -> None:
+        """The account goes idle: drop what the next listing can rebuild
+        (the key -> UID map, as big as the folder)."""
+        self._by_key = None
+
     def reload(self) -> None:
         """Another connection changed the index: take its state."""
         self.stale = False

@@ -33,10 +33,30 @@ Right after a call changed a folder (a delivery, another session's flags
 or expunge), the store calls the C{on_change} callbacks of the folder's
 other sessions.  Changes by other programs (or another gateway process on
 the same directory) are found by a poll every C{poll_interval} seconds of
-the injected clock while any session is open: per open folder two C{stat}
-calls, and a listing only of a directory whose mtime moved
-(L{gateway.store.folder}); a change to the index by another process is
-noticed by SQLite's C{data_version} at the start of each transaction.
+the injected clock while any session is open: one worker call per tick
+for all accounts, which stats C{new/} and C{cur/} of each folder that has
+sessions and the account's index files (L{gateway.store.index.stamp}),
+and touches no SQLite.  Only an account where something moved since its
+last transaction gets a serialised call, which lists only a directory
+whose mtime moved (L{gateway.store.folder}) and notices a change another
+connection made to the index by SQLite's C{data_version} (or the index's
+generation) at the start of its transaction, as every transaction does.
+An idle account with a session thus costs three or four C{stat} calls a
+second, where it cost a thread hand-off and an index transaction.
+
+Memory: an account's index connection is closed once the account has
+been idle for C{index_idle} seconds (L{gateway.store.index.AccountIndex.suspend})
+and opened again by its next call: an open connection costs about 130 KiB
+(SQLite's buffers and the WAL index mapping), which for 10,000 IDLE
+clients of 10,000 users was most of their memory.  More than
+C{open_indexes} open connections (a login storm) are closed sooner, the
+least recently used first.  Folders with sessions stay in memory
+meanwhile; the others are dropped from the cache.  What
+SQLite freed is given back to the kernel at most every C{TRIM_INTERVAL}
+seconds (L{gateway.store.index.release_memory}).  Closing changes nothing
+on disk but a checkpoint of the WAL into the database (which SQLite does
+anyway), so the durability above and the two-process rules stay as they
+are.
 
 Threads: every disk operation runs through C{run_in_thread}.  Work on one
 account is serialised by a L{DeferredLock} (one worker thread at a time
@@ -74,7 +94,7 @@ from gateway.store import folders
 from gateway.store.durable import TMP_MAX_AGE, Disk
 from gateway.store.folder import FolderState
 from gateway.store.fs import Batcher, FileSystem
-from gateway.store.index import INDEX_FILE, AccountIndex, Row
+from gateway.store.index import INDEX_FILE, AccountIndex, Row, release_memory, stamp
 from gateway.store.model import (
     DEFAULT_FOLDERS,
     DeliveryReport,
@@ -98,6 +118,8 @@ from gateway.store.names import (
 )
 
 LOCK_FILE = "gateway-pop3.lock"
+#: Seconds between two L{release_memory} calls, at most.
+TRIM_INTERVAL = 10.0
 
 
 class _Account:
@@ -112,6 +134,9 @@ class _Account:
         self.touched: set[FolderState] = set()
         self.pending = [0, 0]  # messages, bytes reserved by deliveries in flight
         self.polling = False
+        self.used = 0.0  # the store's clock at its last call
+        # The index files after its last transaction (index.stamp), for the poll.
+        self.stamp: Any = None
         # Deliveries linked into new/ and waiting for their commit (the
         # fsync of new/ and their UIDs), and whether one is under way.
         self.arrivals: list[tuple[Row, Deferred[None]]] = []
@@ -132,6 +157,12 @@ class MaildirStore:
     @param fs: the file-system operations (a test seam for faults).
     @param poll_interval: seconds between looks at the directories of
         folders that have open sessions.
+    @param index_idle: seconds after an account's last call at which its
+        index connection is closed (it opens again at the next call).
+    @param open_indexes: how many index connections may stay open before
+        the least recently used are closed sooner (after a second unused):
+        a bound on their memory when many accounts wake at once (a login
+        storm after a restart).
     @param writers: how many worker calls may write delivered files at once
         (L{Batcher}: the deliveries that wait meanwhile are written together
         by the next call).  Few threads do more: each more thread competing
@@ -144,8 +175,8 @@ class MaildirStore:
                  known_account: Callable[[str], bool] = lambda account: True,
                  fs: FileSystem | None = None, hostname: str | None = None,
                  poll_interval: float = 1.0, tmp_max_age: float = TMP_MAX_AGE,
-                 cached_folders: int = 8, writers: int = 2,
-                 log: Logger | None = None) -> None:
+                 cached_folders: int = 8, writers: int = 2, index_idle: float = 30.0,
+                 open_indexes: int = 1000, log: Logger | None = None) -> None:
         self.root = os.path.abspath(root)
         self._run = run_in_thread
         self._clock = clock
@@ -163,6 +194,12 @@ class MaildirStore:
         self._poller = LoopingCall(self._poll)
         self._poller.clock = clock
         self._poll_interval = poll_interval
+        self._index_idle = index_idle
+        self._open_indexes = open_indexes
+        self._looking = False  # a poll's worker call is under way
+        self._suspending = 0  # index suspensions under way
+        self._untrimmed = False  # indexes were suspended since the last release_memory
+        self._trimmed_at = float("-inf")
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -185,8 +222,16 @@ class MaildirStore:
             acct = account if isinstance(account, _Account) else self._account(account)
         except StoreError as e:
             return fail(e)
+        self._touch(acct)
         return acct.lock.run(
             lambda: self._run(self._in_thread, acct, fn, args).addBoth(self._after, acct, origin))
+
+    def _touch(self, acct: _Account) -> None:
+        """The account is in use: keep its index open for C{index_idle}
+        seconds more, and make sure the poll runs to close it after."""
+        acct.used = self._clock.seconds()
+        if not self._poller.running:
+            self._poller.start(self._poll_interval, now=False)
 
     def _after(self, result: object, acct: _Account, origin: object) -> object:
         touched, acct.touched = acct.touched, set()
@@ -218,7 +263,17 @@ class MaildirStore:
             for state in acct.folders.values():
                 state.invalidate()
             raise
+        finally:
+            self._stamp(acct)
         return result
+
+    def _stamp(self, acct: _Account) -> None:
+        """(thread) Remember what the index files look like after our
+        transaction, for the poll (L{_look})."""
+        try:
+            acct.stamp = acct.index.stamp() if acct.index is not None else None
+        except Exception:
+            acct.stamp = None  # look again at the next tick
 
     def notify(self, acct: _Account, touched: Iterable[FolderState], origin: object) -> None:
         for state in touched:
@@ -266,6 +321,7 @@ class MaildirStore:
                 for name in (INBOX, *DEFAULT_FOLDERS):
                     acct.index.subscribe(name, True)
         self.disk.recover(acct.path)
+        self._stamp(acct)
 
     def reserve(self, acct: _Account, size: int) -> Deferred[None]:
         """Check the quota for one more message of C{size} octets and hold
@@ -403,6 +459,7 @@ class MaildirStore:
         """
         d: Deferred[None] = Deferred()
         acct.arrivals.append((row, d))
+        self._touch(acct)
         if not acct.committing:
             acct.committing = True
             acct.lock.run(self._commit_arrivals, acct)
@@ -543,21 +600,131 @@ class MaildirStore:
 
     def add_session(self, acct: _Account, state: FolderState, session: object) -> None:
         acct.sessions.setdefault(state, set()).add(session)
-        if not self._poller.running:
-            self._poller.start(self._poll_interval, now=False)
+        self._touch(acct)
 
     def remove_session(self, acct: _Account, state: FolderState, session: object) -> None:
         sessions = acct.sessions.get(state, set())
         sessions.discard(session)
         if not sessions:
             acct.sessions.pop(state, None)
-        if self._poller.running and not any(a.sessions for a in self._accounts.values()):
-            self._poller.stop()
 
     def _poll(self) -> None:
-        from gateway.store.session import poll
+        """
+        A tick: close the index of each account idle for C{index_idle}
+        seconds, and more if over C{open_indexes}; start one worker call that looks at every account with
+        sessions (L{_look}), unless the last one is still running; now and
+        then give freed memory back; stop ticking when no account has a
+        session or an open index and nothing is left to give back.
+        """
+        now = self._clock.seconds()
+        watched: list[tuple[_Account, list[FolderState]]] = []
+        busy = False
+        opened = 0
+        spare: list[_Account] = []  # open, unused for a tick, could be closed
         for acct in self._accounts.values():
+            if acct.sessions:
+                busy = True
+                if not acct.polling:
+                    watched.append((acct, list(acct.sessions)))
+            index = acct.index
+            if index is not None and not index.suspended:
+                busy = True
+                opened += 1
+                if (now - acct.used >= self._poll_interval and not acct.lock.locked
+                        and not acct.committing and not acct.polling):
+                    if now - acct.used >= self._index_idle:
+                        self._suspend(acct)
+                        opened -= 1
+                    else:
+                        spare.append(acct)
+        if opened > self._open_indexes:  # the least recently used go first
+            spare.sort(key=lambda acct: acct.used)
+            for acct in spare[:opened - self._open_indexes]:
+                self._suspend(acct)
+        if self._untrimmed and not self._suspending and (
+                now - self._trimmed_at >= TRIM_INTERVAL):
+            self._untrimmed, self._trimmed_at = False, now
+            try:
+                trimmed = self._run(release_memory)
+            except Exception:  # no thread to run it (stopping)
+                trimmed = fail()
+            trimmed.addErrback(lambda f: self._log.failure("mail store: releasing memory", f))
+        busy = busy or self._untrimmed
+        if watched and not self._looking:
+            self._looking = True
+            try:
+                d = self._run(self._look, watched)
+            except Exception:  # no thread to run it (stopping)
+                d = fail()
+            d.addBoth(self._looked)
+        if not busy and not self._looking:
+            self._poller.stop()
+
+    def _look(self, watched: list[tuple[_Account, list[FolderState]]]) -> list[_Account]:
+        """
+        (thread, without the accounts' locks) The accounts where something
+        moved since their last transaction: a C{new/} or C{cur/} mtime of a
+        folder with sessions differs from the one its last listing recorded
+        (or none was: see L{gateway.store.folder}), or the index files
+        differ from their stamp.  Reads what the locked calls write: a value
+        read half-way through one of them makes a needless look, never a
+        missed one, since that call ends by recording what it saw.
+        """
+        moved = []
+        stat = self.fs.stat
+        new, cur = os.sep + "new", os.sep + "cur"  # (the hot loop of an idle process)
+        for acct, states in watched:
+            try:
+                if acct.index is not None and stamp(acct.index.path) != acct.stamp:
+                    moved.append(acct)
+                    continue
+                for state in states:
+                    if state.gone:
+                        continue  # its sessions were told; nothing to look at
+                    path, row = state.path, state.row
+                    if (stat(path + new).st_mtime_ns != row.new_mtime
+                            or stat(path + cur).st_mtime_ns != row.cur_mtime):
+                        moved.append(acct)
+                        break
+            except OSError:  # a folder vanished: the locked look says so
+                moved.append(acct)
+        return moved
+
+    def _looked(self, result: list[_Account] | Failure) -> None:
+        from gateway.store.session import poll
+        self._looking = False
+        if isinstance(result, Failure):
+            self._log.failure("mail store: polling", result)
+            return
+        for acct in result:
             poll(self, acct)
+
+    def _suspend(self, acct: _Account) -> None:
+        """Close the index of an idle account (in its lock, in a worker
+        thread) and drop its folders that have no session; a later tick
+        gives the memory back (L{release_memory})."""
+
+        def suspend(acct: _Account) -> None:
+            index = acct.index
+            if index is None or index.suspended:
+                return
+            for name, state in list(acct.folders.items()):
+                if state.has_views():
+                    state.shrink()
+                else:
+                    del acct.folders[name]
+            index.suspend()
+            acct.stamp = stamp(index.path)
+
+        def done(result: object) -> None:
+            self._suspending -= 1
+            self._untrimmed = True
+            if isinstance(result, Failure):
+                self._log.failure("mail store: closing the index of {account}", result,
+                                  account=acct.name)
+
+        self._suspending += 1
+        acct.lock.run(self._run, suspend, acct).addBoth(done)
 
     def close(self) -> Deferred[None]:
         """Stop polling and close the index databases (at shutdown)."""

@@ -70,8 +70,8 @@ def open_session(store: MaildirStore, account: str, name: str,
 
 def poll(store: MaildirStore, acct: _Account) -> None:
     """Look for changes made by other programs in the folders of C{acct}
-    that have sessions (a tick of the store's poll; skipped while the
-    account's previous poll has not finished)."""
+    that have sessions (when the store's poll saw something move there;
+    skipped while the account's previous look has not finished)."""
     if acct.polling or not acct.sessions:
         return
     acct.polling = True
