@@ -99,6 +99,11 @@ TIMEOUT = 600.0  # seconds: any one measurement that takes longer fails
 DOVECOT_SELECT_MS = 225.0  # the issue's figure, when Dovecot is not measured here
 TARGET_KIB = 100.0
 IDLE_SECONDS = 10.0  # CPU time used while the connections idle, measured over this
+#: How long the connections idle before the "settled" reading: longer than
+#: the store's index_idle (30 s), after which an idle account's index is
+#: closed, and its TRIM_INTERVAL (10 s), after which the memory is given back.
+SETTLE_SECONDS = 45.0
+PROBES = 5  # IDLE clients whose notification delay is measured
 
 
 def load_accounts() -> list[str]:
@@ -271,12 +276,75 @@ def fetch_flags(port: int, strace_pid: int | None = None,
 
 # -- 3: memory per idle connection -----------------------------------------------------------
 
+async def until_untagged(c: Client, word: bytes, timeout: float = 30.0) -> None:
+    """Read an idling client's lines until an untagged one with C{word}."""
+    async def read() -> None:
+        while True:
+            line = await c.reader.readline()
+            if not line:
+                raise BenchError("connection closed while idling")
+            if line.startswith(b"* ") and word in line:
+                return
+    await asyncio.wait_for(read(), timeout)
+
+
+async def notification_delays(port: int, tls: ssl.SSLContext | None, clients: list[Client],
+                              accounts: list[str], mail: Path) -> dict[str, list[float]]:
+    """
+    How long the first L{PROBES} idling clients take to hear (seconds):
+    a message another program puts into C{new/} (EXISTS), another
+    session's APPEND (EXISTS; from the command sent, its own fsyncs
+    included) and its STORE of a new keyword (FETCH).  The connections have idled
+    long enough for their accounts' indexes to be closed.
+    """
+    delays: dict[str, list[float]] = {"another program's message": [],
+                                      "another session's APPEND": [],
+                                      "another session's STORE": []}
+    for i, c in enumerate(clients[:PROBES]):
+        account = accounts[i % len(accounts)]
+        local, _, domain = account.partition("@")
+        new = mail / domain / local / "new"
+        path = new.parent / "tmp" / f"bench-external-{time.time_ns()}-{i}"
+        path.write_bytes(b"Subject: from outside\r\n\r\nbody\r\n")
+        started = time.perf_counter()
+        path.rename(new / path.name)
+        await until_untagged(c, b" EXISTS")
+        delays["another program's message"].append(time.perf_counter() - started)
+        other = await Client.connect(port, tls)
+        try:
+            await other.login(account)
+            await other.command(b"SELECT INBOX")
+            await asyncio.sleep(1.5)  # the changes above are reported and settled
+            while True:  # what the SELECT itself caused (\Recent), if anything
+                try:
+                    await until_untagged(c, b"", 0.2)
+                except TimeoutError:
+                    break
+            started = time.perf_counter()
+            await other.command(b"APPEND INBOX", appended(i))
+            await until_untagged(c, b" EXISTS")
+            delays["another session's APPEND"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            keyword = b"$Probe%d" % time.time_ns()  # new each time: a change
+            await other.command(b"STORE 1 +FLAGS.SILENT (" + keyword + b")")
+            await until_untagged(c, b"FETCH")
+            delays["another session's STORE"].append(time.perf_counter() - started)
+            await other.command(b"LOGOUT")
+        finally:
+            await other.close()
+    return delays
+
+
 async def idle_connections(port: int, accounts: list[str], n: int, tls: ssl.SSLContext | None,
                            memory: Any, on_stage: Any = None,
-                           cpu: Any = None) -> dict[str, Any]:
+                           cpu: Any = None, settle: float = 0.0,
+                           mail: Path | None = None) -> dict[str, Any]:
     """Open C{n} connections, then LOGIN, SELECT INBOX and IDLE on all;
-    C{memory()} after each stage (and C{on_stage(name)}, if given).
-    Returns the readings and seconds."""
+    C{memory()} after each stage (and C{on_stage(name)}, if given), and
+    once more after C{settle} seconds of idling ("settled").  With C{cpu},
+    the CPU time used over L{IDLE_SECONDS} after that; with C{mail} (the
+    gateway's mail directory), how long IDLE clients take to hear of
+    changes (L{notification_delays}).  Returns the readings and seconds."""
     gate = asyncio.Semaphore(50)
     clients: list[Client] = []
     readings: dict[str, Any] = {"before": memory()}
@@ -314,12 +382,16 @@ async def idle_connections(port: int, accounts: list[str], n: int, tls: ssl.SSLC
     await asyncio.sleep(2.0)
     readings["idling"] = memory()
     readings["seconds"] = time.perf_counter() - started
+    await asyncio.sleep(max(0.0, settle - 2.0))
+    readings["settled"] = memory()
     if on_stage is not None:
         on_stage("idling")
     if cpu is not None:  # what the idle connections cost while nothing happens
         before, t0 = cpu(), time.perf_counter()
         await asyncio.sleep(IDLE_SECONDS)
         readings["idle_cpu"] = (cpu() - before) / (time.perf_counter() - t0)
+    if mail is not None:
+        readings["delays"] = await notification_delays(port, tls, clients, accounts, mail)
     # Each IDLE still answers DONE: the connections were alive.
     done = 0
 
@@ -406,7 +478,8 @@ def raise_descriptor_limit(wanted: int) -> None:
 def memory_per_connection(readings: dict[str, Any], n: int, key: str) -> dict[str, float]:
     base = readings["before"][key]
     return {stage: (readings[stage][key] - base) / n
-            for stage in ("connected", "logged in", "selected", "idling")}
+            for stage in ("connected", "logged in", "selected", "idling", "settled")
+            if stage in readings}
 
 
 # -- 4: mixed load ----------------------------------------------------------------------------
@@ -481,7 +554,8 @@ def measure_round(server: Server, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure_memory(server: Server, kind: str, args: argparse.Namespace,
-                   context: ssl.SSLContext | None, pids: Any, trace: Path | None = None) -> None:
+                   context: ssl.SSLContext | None, pids: Any, trace: Path | None = None,
+                   mail: Path | None = None) -> None:
     port = server.tls_port if kind == "TLS" else server.port
     if port is None:
         return
@@ -511,7 +585,8 @@ def measure_memory(server: Server, kind: str, args: argparse.Namespace,
         return total
 
     readings = asyncio.run(idle_connections(port, accounts, args.idle, context, memory,
-                                            snapshot if trace is not None else None, cpu))
+                                            snapshot if trace is not None else None, cpu,
+                                            args.settle, mail))
     server.memory[kind] = readings
     rss = memory_per_connection(readings, args.idle, "rss")
     pss = memory_per_connection(readings, args.idle, "pss")
@@ -520,6 +595,9 @@ def measure_memory(server: Server, kind: str, args: argparse.Namespace,
           f"DONE; {readings['idling']['processes']} processes): KiB per connection, RSS/PSS, "
           f"after each stage: {stages}; CPU while idle {100 * readings['idle_cpu']:.1f} % of "
           f"a core", flush=True)
+    for what, seconds in readings.get("delays", {}).items():
+        print(f"  {server.name:12s} {kind:5s} IDLE hears of {what} after "
+              + ", ".join(f"{1e3 * x:.0f}" for x in seconds) + " ms", flush=True)
     if snapshots:
         print(where_memory_goes(snapshots["before"], snapshots["idling"], args.idle), flush=True)
 
@@ -532,6 +610,11 @@ def main() -> None:
     parser.add_argument("--mixed-seconds", type=float, default=20.0)
     parser.add_argument("--idle", type=int, default=2000, help="idle connections")
     parser.add_argument("--idle-accounts", type=int, default=200)
+    parser.add_argument("--one-per-account", action="store_true",
+                        help="memory: each idle connection its account's only one "
+                             "(--idle accounts; the real case of many users)")
+    parser.add_argument("--settle", type=float, default=SETTLE_SECONDS,
+                        help="memory: seconds of idling before the settled reading")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-dovecot", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
@@ -548,6 +631,8 @@ def main() -> None:
     if args.quick:
         args.big, args.idle, args.idle_accounts, args.rounds = 5000, 200, 20, 1
         args.mixed_seconds, args.selects, args.load_messages = 5.0, 3, 50
+    if args.one_per_account:
+        args.idle_accounts = args.idle
     raise_descriptor_limit(4 * args.idle + 1000)
 
     print(f"IMAP load: SELECT and FETCH FLAGS of {args.big:,} messages, {CLIENTS} mixed-load "
@@ -612,7 +697,8 @@ def main() -> None:
                 assert gateway.process is not None
                 pid = gateway.process.pid
                 ours.pid, ours.port, ours.tls_port = pid, gateway.ports["imap"], gateway.ports["imaps"]
-                measure_memory(ours, kind, args, context, lambda pid=pid: [pid], trace)
+                measure_memory(ours, kind, args, context, lambda pid=pid: [pid], trace,
+                               state / "mail")
                 if dovecot is not None:
                     measure_memory(servers[1], kind, args, context, dovecot.pids)
     finally:
@@ -726,11 +812,11 @@ def report(servers: list[Server], args: argparse.Namespace) -> None:
     for kind in ("plain", "TLS"):
         if kind not in ours.memory:
             continue
-        mine = memory_per_connection(ours.memory[kind], args.idle, "rss")["idling"]
+        mine = memory_per_connection(ours.memory[kind], args.idle, "rss")["settled"]
         line = (f"    idle connection ({kind + '),':7s} KiB      mailgateway {mine:8.1f} RSS ")
         if peer and kind in peer.memory:
-            theirs = memory_per_connection(peer.memory[kind], args.idle, "pss")["idling"]
-            theirs_rss = memory_per_connection(peer.memory[kind], args.idle, "rss")["idling"]
+            theirs = memory_per_connection(peer.memory[kind], args.idle, "pss")["settled"]
+            theirs_rss = memory_per_connection(peer.memory[kind], args.idle, "rss")["settled"]
             line += (f"Dovecot {theirs:8.1f} PSS ({theirs_rss:.0f} RSS)  ratio "
                      f"{ratio(mine, theirs)}")
         print(line + f"  (target under {TARGET_KIB:.0f}: "

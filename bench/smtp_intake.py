@@ -44,7 +44,10 @@ thread's share, and how busy that thread was) and of the load client; then
 the medians, the ratio gateway / aiosmtpd against the target (1.5x; 1.2x
 with C{--starttls}/C{--auth}) and the count of files in each Maildir (the
 run fails if one is missing).  C{--accounts N} spreads the messages over N
-recipient accounts.  C{--profile} attaches py-spy to the gateway during its
+recipient accounts.  C{--phases} prints, per run, the mean time a session
+waited for the reply of each step of the dialogue (connect, EHLO,
+STARTTLS, handshake, AUTH, envelope, message, QUIT): where a server's
+latency goes, as seen by its clients.  C{--profile} attaches py-spy to the gateway during its
 first round (that round is perturbed) and prints where the time went.
 
 Run by hand::
@@ -127,6 +130,22 @@ class Load:
         token = base64.b64encode(f"\0{ACCOUNT}\0{PASSWORD}".encode())
         self.auth = b"AUTH PLAIN " + token + b"\r\n"
         self.next = self.done = self.total = 0
+        #: With C{--phases}: seconds spent waiting for each step's reply,
+        #: summed over the sessions (L{phase_means}).
+        self.phases: dict[str, list[float]] | None = {} if args.phases else None
+
+    def mark(self, name: str, since: float) -> float:
+        """Record the step C{name} begun at C{since}; return the time now."""
+        now = time.perf_counter()
+        if self.phases is not None:
+            self.phases.setdefault(name, []).append(now - since)
+        return now
+
+    def phase_means(self) -> str:
+        """Mean wait per step, in ms, in the order of the dialogue."""
+        if not self.phases:
+            return ""
+        return "  ".join(f"{name} {1e3 * sum(v) / len(v):.1f}" for name, v in self.phases.items())
 
     async def run(self, total: int, per_connection: int) -> float:
         self.next, self.done, self.total = 0, 0, total
@@ -138,33 +157,44 @@ class Load:
         return time.perf_counter() - started
 
     async def session(self, per_connection: int) -> None:
+        mark = self.mark
         while self.next < self.total:
+            t = time.perf_counter()
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
             try:
                 await expect(reader, b"220")
+                t = mark("connect", t)
                 writer.write(b"EHLO bench.example\r\n")
                 await expect(reader, b"250")
+                t = mark("EHLO", t)
                 if self.tls is not None:
                     writer.write(b"STARTTLS\r\n")
                     await expect(reader, b"220")
+                    t = mark("STARTTLS", t)
                     await writer.start_tls(self.tls, server_hostname="localhost")
+                    t = mark("handshake", t)
                     writer.write(b"EHLO bench.example\r\n")
                     await expect(reader, b"250")
+                    t = mark("EHLO", t)
                 if self.args.auth:
                     writer.write(self.auth)
                     await expect(reader, b"235")
+                    t = mark("AUTH", t)
                 sent = 0
                 while sent < per_connection and self.next < self.total:
                     i, self.next = self.next, self.next + 1
                     writer.write(self.envelopes[i % len(self.envelopes)])
                     for code in (b"250", b"250", b"354"):
                         await expect(reader, code)
+                    t = mark("envelope", t)
                     writer.write(self.make(i))
                     await expect(reader, b"250")
+                    t = mark("message", t)
                     self.done += 1
                     sent += 1
                 writer.write(b"QUIT\r\n")
                 await expect(reader, b"221")
+                mark("QUIT", t)
             finally:
                 writer.close()
 
@@ -174,6 +204,8 @@ def measure(name: str, port: int, pid: int, args: argparse.Namespace, tls: ssl.S
     load = Load(port, args, tls)
     if warm_up:
         asyncio.run(load.run(args.sessions, 1))  # one message per session
+        if load.phases is not None:
+            load.phases.clear()
     profiler = Profiler(pid, profile) if profile is not None else None
     server_cpu, main_cpu = cpu_times(pid), cpu_seconds(pid, main_thread=True)
     client_cpu = resource.getrusage(resource.RUSAGE_SELF)
@@ -185,7 +217,7 @@ def measure(name: str, port: int, pid: int, args: argparse.Namespace, tls: ssl.S
               "main_cpu": cpu_seconds(pid, main_thread=True) - main_cpu,
               "client_cpu": (after.ru_utime + after.ru_stime
                              - client_cpu.ru_utime - client_cpu.ru_stime),
-              "profile": None}
+              "profile": None, "phases": load.phase_means()}
     if profiler is not None:
         profiler.finish()
         result["profile"] = profiler.summary()
@@ -315,6 +347,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: 400 messages, 10 sessions, 1 round")
     parser.add_argument("--profile", action="store_true", help="py-spy on the gateway's run")
+    parser.add_argument("--phases", action="store_true",
+                        help="print the mean wait for each step's reply (client side, ms)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per timed run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories")
     parser.add_argument("--serve-aiosmtpd", nargs=4, help=argparse.SUPPRESS)
@@ -412,6 +446,8 @@ def show(r: dict[str, Any], messages: int) -> None:
           f"% system; main thread {1e3 * r['main_cpu'] / messages:.3f} ms/msg, busy "
           f"{100 * r['main_cpu'] / r['elapsed']:.0f}% of the run; client CPU "
           f"{1e3 * r['client_cpu'] / messages:.3f} ms/msg)", flush=True)
+    if r["phases"]:
+        print(f"  {'':12s} waits, ms: {r['phases']}", flush=True)
 
 
 def show_errors(log: Path, lines: int = 60) -> None:
