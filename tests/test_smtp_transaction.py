@@ -68,6 +68,20 @@ class TransactionTestCase(SynchronousTestCase):
                                      trusted_networks=(ipaddress.ip_network("10.0.0.0/8"),),
                                      max_recipients=3, max_messages_per_connection=5)
 
+    def hold_deliveries(self) -> list[Deferred[Any]]:
+        """Make each delivery wait: it goes to the store when the test fires
+        its Deferred, in the list returned."""
+        pending: list[Deferred[Any]] = []
+        real = self.store.deliver
+
+        def slow(*a: Any, **kw: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append(d)
+            return d.addCallback(lambda _: real(*a, **kw))
+
+        self.store.deliver = slow  # type: ignore[method-assign]
+        return pending
+
     def open(self, peer: str = "192.0.2.7", tls: str = "starttls", limits: Limits | None = None,
              role: str | None = None) -> tuple[Any, Any]:
         proto, t = connect(SMTPFactory, role or self.role, peer=peer, tls=tls,
@@ -241,15 +255,7 @@ class MXTests(TransactionTestCase):
 
     def test_delivery_waits_for_the_store(self) -> None:
         """No 250 before the store says the copy is on disk."""
-        pending: list[Deferred[Any]] = []
-        real = self.store.deliver
-
-        def slow(*a: Any, **kw: Any) -> Deferred[Any]:
-            d: Deferred[Any] = Deferred()
-            pending.append(d)
-            return d.addCallback(lambda _: real(*a, **kw))
-
-        self.store.deliver = slow  # type: ignore[method-assign]
+        pending = self.hold_deliveries()
         proto, t = self.open()
         proto.dataReceived(b"MAIL FROM:<x@else.org>\r\nRCPT TO:<bob@example.edu>\r\nDATA\r\n"
                            b"x\r\n.\r\nNOOP\r\n")
@@ -420,15 +426,7 @@ class TimeoutTests(TransactionTestCase):
         4.5.3.2.6), so no timeout of ours cuts it off meanwhile (a 421 then
         would make it send a message we have stored again).
         """
-        pending: list[Deferred[Any]] = []
-        real = self.store.deliver
-
-        def slow(*a: Any, **kw: Any) -> Deferred[Any]:
-            d: Deferred[Any] = Deferred()
-            pending.append(d)
-            return d.addCallback(lambda _: real(*a, **kw))
-
-        self.store.deliver = slow  # type: ignore[method-assign]
+        pending = self.hold_deliveries()
         proto, t = self.start_data()
         proto.dataReceived(b"x\r\n.\r\n")
         self.clock.advance(1000)
@@ -472,15 +470,7 @@ class TimeoutTests(TransactionTestCase):
     def test_connection_time_limit_waits_for_a_delivery(self) -> None:
         """The bound passing during a delivery closes the connection after
         the delivery's reply, never before it."""
-        pending: list[Deferred[Any]] = []
-        real = self.store.deliver
-
-        def slow(*a: Any, **kw: Any) -> Deferred[Any]:
-            d: Deferred[Any] = Deferred()
-            pending.append(d)
-            return d.addCallback(lambda _: real(*a, **kw))
-
-        self.store.deliver = slow  # type: ignore[method-assign]
+        pending = self.hold_deliveries()
         proto, t = self.start_data()
         proto.dataReceived(b"x\r\n.\r\nNOOP\r\n")
         self.clock.advance(3600)
