@@ -150,7 +150,7 @@ def _short(frame: str) -> str:
 # -- mail for the servers under test (added for imap_load.py) ------------------------------
 
 __all__ += ["deliver_messages", "write_folder", "scram_sha256", "process_memory", "Dovecot",
-            "copy_maildir", "descendants", "start_dovecot"]
+            "copy_maildir", "descendants", "start_dovecot", "stop_servers"]
 
 
 def _sync_store(mail: Path) -> Any:
@@ -425,3 +425,16 @@ service {protocol}-login {{
     print(f"  Dovecot did not start: {(base / 'stderr').read_text()[-500:]}"
           f"{log.read_text()[-500:] if log.exists() else ''}")
     return None
+
+
+def stop_servers(gateway: Any, dovecot: Dovecot | None, dovecot_dir: Path, *, keep: bool) -> None:
+    """Stop the gateway and Dovecot, and remove their directories unless
+    C{keep} (then say where they are)."""
+    gateway.stop()
+    if dovecot is not None:
+        dovecot.stop()
+    if keep:
+        print(f"(kept {gateway.dir} and {dovecot_dir})")
+    else:
+        shutil.rmtree(gateway.dir, ignore_errors=True)
+        shutil.rmtree(dovecot_dir, ignore_errors=True)

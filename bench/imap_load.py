@@ -64,7 +64,6 @@ import os
 import random
 import re
 import resource
-import shutil
 import signal
 import socket
 import ssl
@@ -89,6 +88,7 @@ from _common import (  # noqa: E402
     scram_sha256,
     start_dovecot,
     stop,
+    stop_servers,
     write_folder,
 )
 
@@ -702,14 +702,7 @@ def main() -> None:
                 if dovecot is not None:
                     measure_memory(servers[1], kind, args, context, dovecot.pids)
     finally:
-        gateway.stop()
-        if dovecot is not None:
-            dovecot.stop()
-        if args.keep:
-            print(f"(kept {gateway.dir} and {dovecot_dir})")
-        else:
-            shutil.rmtree(gateway.dir, ignore_errors=True)
-            shutil.rmtree(dovecot_dir, ignore_errors=True)
+        stop_servers(gateway, dovecot, dovecot_dir, keep=args.keep)
     report(servers, args)
 
 

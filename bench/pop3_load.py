@@ -55,7 +55,6 @@ import asyncio
 import hashlib
 import os
 import re
-import shutil
 import socket
 import statistics
 import sys
@@ -75,6 +74,7 @@ from _common import (  # noqa: E402
     cpu_seconds,
     ratio,
     scram_sha256,
+    stop_servers,
 )
 
 PASSWORD = "bench-password"
@@ -324,14 +324,7 @@ def main() -> None:
                     profile = gateway.dir
                 results[name].append(measure(name, port, pid, prefix, args, profile))
     finally:
-        gateway.stop()
-        if dovecot is not None:
-            dovecot.stop()
-        if args.keep:
-            print(f"(kept {gateway.dir} and {dovecot_dir})")
-        else:
-            shutil.rmtree(gateway.dir, ignore_errors=True)
-            shutil.rmtree(dovecot_dir, ignore_errors=True)
+        stop_servers(gateway, dovecot, dovecot_dir, keep=args.keep)
     report(results, args)
 
 
