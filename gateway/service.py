@@ -203,6 +203,10 @@ class ThreadRunner:
         self._stopped = False
 
     def __call__(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        if self._stopped:
+            # Like every other failure of the work, on the Deferred: callers
+            # (a late delivery's callback at shutdown) need not expect a raise.
+            return defer.fail(RuntimeError("the worker threads are stopped"))
         if not self._threads:
             self._start()
         d: defer.Deferred[Any] = defer.Deferred()
@@ -210,8 +214,6 @@ class ThreadRunner:
         return d
 
     def _start(self) -> None:
-        if self._stopped:
-            raise RuntimeError("the worker threads are stopped")
         for n in range(self._size):
             thread = threading.Thread(target=self._work, name=f"mailgateway-worker-{n}", daemon=True)
             thread.start()

@@ -92,7 +92,7 @@ class ThreadRunnerTests(SynchronousTestCase):
         self.assertEqual((phase, event), ("during", "shutdown"))
         stop()
         self.assertEqual(threading.active_count(), before)
-        self.assertRaises(RuntimeError, self.runner, lambda: None)
+        self.failureResultOf(self.runner(lambda: None), RuntimeError)
 
     def test_stop_finishes_queued_work(self) -> None:
         """What was queued before the shutdown still runs (a delivery's
