@@ -101,6 +101,13 @@ class Limits:
     # IMAP SEARCH BODY/TEXT decode and look at this many octets of each
     # message (its beginning); the rest of a larger message is not searched.
     max_search_text_size: int = 4_194_304  # 4 MiB
+    # Keys in one IMAP SEARCH, and of them keys on message text (BODY, TEXT,
+    # header keys): each text key may decode every message of the folder.
+    max_search_keys: int = 1000
+    max_search_text_keys: int = 50
+    # Seconds a closing connection may take to send its last reply before
+    # it is aborted (a client that does not read would hold it for ever).
+    close_grace: float = 5.0
     # RFC 5321 section 4.5.3.2.7: at least 5 minutes waiting for a command.
     idle_timeout_smtp: float = 300.0
     # Waiting for the next block of a message after 354: a client waits 3

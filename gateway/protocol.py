@@ -25,8 +25,8 @@ about a tenth of the reactor's time in C{bench/smtp_intake.py --starttls
 
 Closing: L{LineProtocol.disconnect} asks the transport to close once the
 last reply is written; a client that never reads would keep that reply, and
-the connection, for ever, so after L{CLOSE_GRACE} seconds the connection is
-aborted.
+the connection, for ever, so after C{[limits] close_grace} seconds (5 by
+default) the connection is aborted.
 """
 
 from __future__ import annotations
@@ -54,12 +54,6 @@ from gateway.auth.sasl.exchange import Exchange, LoggedIn, Outcome, portal_login
 from gateway.config import Limits, Listener
 from gateway.interfaces import IAuthBackend
 from gateway.tls import ServerTLS, connection_info
-
-#: Seconds a closing connection may take to send its last reply (and, under
-#: TLS, its close_notify) before it is aborted: a client that stops reading
-#: must not hold a connection, a file descriptor and a slot in the
-#: listener's limits for ever (loseConnection waits for the write buffer).
-CLOSE_GRACE = 5.0
 
 
 @dataclass
@@ -108,7 +102,16 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
     #: One log line per connection, at its close (see the module docstring).
     summary_log = False
     #: Seconds between L{disconnect} and the abort of a connection still open.
-    close_grace = CLOSE_GRACE
+    @property
+    def close_grace(self) -> float:
+        """
+        Seconds a closing connection may take to send its last reply (and,
+        under TLS, its close_notify) before it is aborted: a client that
+        stops reading must not hold a connection, a file descriptor and a
+        slot in the listener's limits for ever (loseConnection waits for
+        the write buffer).
+        """
+        return float(self.context.limits.close_grace)
     transport: Any  # set by makeConnection; a TCP or TLS transport
     factory: Any
     log = Logger()

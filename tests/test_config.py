@@ -58,6 +58,18 @@ class ValidConfigTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(config.limits.idle_timeout_pop3, 600.0)
         self.assertIn(ipaddress.ip_network("127.0.0.0/8"), config.server.trusted_networks)
 
+    def test_search_and_close_limits(self) -> None:
+        config = parse_text(self.text(), self.dir)
+        self.assertEqual((config.limits.max_search_keys, config.limits.max_search_text_keys,
+                          config.limits.close_grace), (1000, 50, 5.0))
+        config = parse_text(self.text(extra="[limits]\nmax_search_keys = 20\n"
+                                            "max_search_text_keys = 2\nclose_grace = 1.5\n"),
+                            self.dir)
+        self.assertEqual((config.limits.max_search_keys, config.limits.max_search_text_keys,
+                          config.limits.close_grace), (20, 2, 1.5))
+        self.assertProblem(self.text(extra="[limits]\nclose_grace = 0\n"),
+                           "limits.close_grace", "")
+
     def test_dev_sample(self) -> None:
         """etc/dev.toml is accepted once make run's certificates exist."""
         etc = self.dir / "etc"

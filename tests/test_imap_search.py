@@ -238,6 +238,16 @@ class KeyLimitTests(SynchronousTestCase):
         self.assertEqual(send(proto, t, b"b SEARCH " + keys + b" FROM x"), [
             b"b NO [LIMIT] too many search keys on message text (at most 50)"])
 
+    def test_limits_from_the_config(self) -> None:
+        """C{[limits] max_search_keys} and C{max_search_text_keys}."""
+        proto, t, _ = selected(MESSAGES, limits=Limits(max_search_keys=3, max_search_text_keys=1))
+        self.assertEqual(send(proto, t, b"a SEARCH TEXT zq FROM x"), [
+            b"a NO [LIMIT] too many search keys on message text (at most 1)"])
+        self.assertEqual(send(proto, t, b"b SEARCH SEEN SEEN SEEN ALL"), [
+            b"b NO [LIMIT] too many search keys (at most 3)"])
+        self.assertEqual(send(proto, t, b"c SEARCH TEXT zq SEEN"),
+                         [b"* SEARCH", b"c OK SEARCH completed"])
+
     def test_keys_bounded(self) -> None:
         proto, t, _ = selected(MESSAGES)
         most = search.MAX_SEARCH_KEYS

@@ -18,7 +18,6 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import Limits
-from gateway.protocol import CLOSE_GRACE
 from gateway.smtp.delivery import Delivery
 from gateway.smtp.policy import PolicySettings
 from gateway.smtp.server import SMTPFactory, SMTPServices
@@ -484,13 +483,13 @@ class TimeoutTests(TransactionTestCase):
         self.assertTrue(t.disconnecting)
         self.assertEqual(len(self.inbox("bob@example.edu")), 1)
 
-    def assertAbortedAfterGrace(self, t: Any) -> None:
-        """The connection is closing but not aborted until L{CLOSE_GRACE}
+    def assertAbortedAfterGrace(self, t: Any, grace: float = Limits().close_grace) -> None:
+        """The connection is closing but not aborted until C{close_grace}
         has passed: a client that reads its last reply is closed in the
         ordinary way."""
         self.assertTrue(t.disconnecting)
         self.assertFalse(t.disconnected)
-        self.clock.advance(CLOSE_GRACE - 0.1)
+        self.clock.advance(grace - 0.1)
         self.assertFalse(t.disconnected)
         self.clock.advance(0.1)
         self.assertTrue(t.disconnected)  # StringTransport.abortConnection
@@ -526,6 +525,13 @@ class TimeoutTests(TransactionTestCase):
         proto.dataReceived(b"BOGUS\r\nBOGUS\r\n")
         self.assertAbortedAfterGrace(t)
 
+    def test_grace_from_the_config(self) -> None:
+        """C{[limits] close_grace}."""
+        proto, t = self.open(limits=Limits(max_message_size=10_000, max_bad_commands=1,
+                                           close_grace=30.0))
+        proto.dataReceived(b"BOGUS\r\n")
+        self.assertAbortedAfterGrace(t, grace=30.0)
+
     def test_line_too_long_aborts_a_client_that_does_not_read(self) -> None:
         proto, t = self.open(limits=Limits(max_message_size=10_000, max_line_length=100))
         proto.dataReceived(b"NOOP " + b"x" * 200)
@@ -540,7 +546,7 @@ class TimeoutTests(TransactionTestCase):
         self.assertTrue(t.disconnecting)
         proto.connectionLost(None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.clock.advance(CLOSE_GRACE)
+        self.clock.advance(Limits().close_grace)
         self.assertFalse(t.disconnected)
 
     def test_other_protocols_have_no_connection_bound(self) -> None:

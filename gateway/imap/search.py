@@ -122,8 +122,11 @@ class Query:
         self.needs_body = needs_body
 
 
-def parse_query(args: list[Token]) -> Query:
+def parse_query(args: list[Token], max_keys: int = MAX_SEARCH_KEYS,
+                max_text_keys: int = MAX_SEARCH_TEXT_KEYS) -> Query:
     """
+    @param max_keys: keys in the whole query, at most (else C{NO [LIMIT]}).
+    @param max_text_keys: of them, keys that read message text.
     @raise ParseError: for malformed keys.
     @raise No: C{[BADCHARSET]} for a charset other than UTF-8 or US-ASCII.
     """
@@ -134,7 +137,7 @@ def parse_query(args: list[Token]) -> Query:
         args = args[2:]
     if not args:
         raise ParseError("SEARCH needs search keys")
-    parser = _Parser(args)
+    parser = _Parser(args, limits=(max_keys, max_text_keys))
     tests = []
     while not parser.done():
         tests.append(parser.key())
@@ -147,13 +150,15 @@ def _all(tests: list[Predicate]) -> Predicate:
 
 class _Parser:
     def __init__(self, tokens: list[Token], depth: int = 0,
-                 counts: list[int] | None = None) -> None:
+                 counts: list[int] | None = None,
+                 limits: tuple[int, int] = (MAX_SEARCH_KEYS, MAX_SEARCH_TEXT_KEYS)) -> None:
         self.tokens = tokens
         self.i = 0
         self.needs_body = False
         self.depth = depth
         #: keys and text keys so far, shared with the parsers of inner lists
         self.counts = [0, 0] if counts is None else counts
+        self.limits = limits  # at most so many keys, and text keys
 
     def done(self) -> bool:
         return self.i >= len(self.tokens)
@@ -196,7 +201,7 @@ class _Parser:
             if not token:
                 raise ParseError("empty parenthesized search keys")
             with self._nested():
-                inner = _Parser(token, self.depth, self.counts)
+                inner = _Parser(token, self.depth, self.counts, self.limits)
                 tests = []
                 while not inner.done():
                     tests.append(inner.key())
@@ -265,11 +270,11 @@ class _Parser:
     def _count(self, text: bool) -> None:
         self.counts[0] += 1
         self.counts[1] += text
-        if self.counts[0] > MAX_SEARCH_KEYS:
-            raise No(f"[LIMIT] too many search keys (at most {MAX_SEARCH_KEYS})")
-        if self.counts[1] > MAX_SEARCH_TEXT_KEYS:
-            raise No(f"[LIMIT] too many search keys on message text (at most "
-                     f"{MAX_SEARCH_TEXT_KEYS})")
+        keys, text_keys = self.limits
+        if self.counts[0] > keys:
+            raise No(f"[LIMIT] too many search keys (at most {keys})")
+        if self.counts[1] > text_keys:
+            raise No(f"[LIMIT] too many search keys on message text (at most {text_keys})")
 
     @contextmanager
     def _nested(self) -> Iterator[None]:
@@ -342,7 +347,8 @@ class SearchCommand:
     context: Any
 
     async def cmd_SEARCH(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
-        query = parse_query(args)
+        limits = self.context.limits
+        query = parse_query(args, limits.max_search_keys, limits.max_search_text_keys)
         limit = self.context.limits.max_search_text_size
         session = self.session
         messages = session.messages()
