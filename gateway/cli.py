@@ -41,7 +41,7 @@ def summarize(config: GatewayConfig, tls_info: dict[str, str]) -> str:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from gateway.auth.directory import UsersFile, UsersFileError
+    from gateway.auth.usersfile import UsersFile, UsersFileError
     from gateway.tls import TLSSetupError, build
 
     try:
@@ -71,7 +71,8 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _check_routing(config: GatewayConfig, out: TextIO, err: TextIO) -> int:
     """The aliases file parses, and postmaster leads somewhere in every local domain."""
-    from gateway.auth.directory import FileDirectory, UsersFile
+    from gateway.auth.directory import FileDirectory
+    from gateway.auth.usersfile import UsersFile
     from gateway.smtp.addressbook import DirectoryAddressBook
     from gateway.smtp.aliases import AliasError
 
@@ -125,7 +126,8 @@ def cmd_certs_client(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_policy_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """The relay policy's dry run: every decision, and the rule that made it."""
-    from gateway.auth.directory import FileDirectory, UsersFile, UsersFileError
+    from gateway.auth.directory import FileDirectory
+    from gateway.auth.usersfile import UsersFile, UsersFileError
     from gateway.smtp.addressbook import DirectoryAddressBook
     from gateway.smtp.policy import PolicySettings, Session, explain
 

@@ -38,10 +38,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from gateway.auth.cache import PasswordCache
-from gateway.auth.directory import FileDirectory, UsersFile, UsersFileError
+from gateway.auth.directory import FileDirectory
 from gateway.auth.portal import build_portal
 from gateway.auth.realm import GatewayRealm
 from gateway.auth.throttle import BANS_FILENAME, Throttle, ThrottleSettings
+from gateway.auth.usersfile import UsersFile, UsersFileError
 from gateway.config import GatewayConfig, Listener
 
 __all__ = ["build", "GatewayService", "ListenerService", "UsersFileError"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from gateway.auth.directory import UsersFileError
+from gateway.auth.usersfile import UsersFileError
 from gateway.config import load
 from gateway.errors import ConfigError
 from gateway.smtp.aliases import AliasError

@@ -23,9 +23,9 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from gateway.auth.directory import (
+from gateway.auth.directory import FileDirectory
+from gateway.auth.usersfile import (
     Account,
-    FileDirectory,
     Legacy,
     UsersFile,
     UsersFileError,

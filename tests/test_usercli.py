@@ -14,9 +14,9 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.auth import otp
-from gateway.auth.directory import Account, Legacy, UsersFile
 from gateway.auth.throttle import BANS_FILENAME, Throttle, read_bans
 from gateway.auth.usercli import Terminal, main, user_add, user_passwd
+from gateway.auth.usersfile import Account, Legacy, UsersFile
 from gateway.auth.verifiers import password_matches
 
 PASSWORD = "correct horse battery"

@@ -41,11 +41,9 @@ clock's seconds (the reactor's: POSIX time).
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import json
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -56,6 +54,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gateway.auth.files import atomic_write, locked
 from gateway.config import ThrottleConfig
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -511,56 +510,6 @@ def write_bans(path: str, bans: dict[BanKey, float], *,
         bans.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))]
     data = json.dumps({"version": 1, "bans": entries}, indent=1).encode() + b"\n"
     atomic_write(path, data, fsync=fsync, replace=replace)
-
-
-def atomic_write(path: str, data: bytes, *, fsync: Callable[[int], None] = os.fsync,
-                 replace: Callable[[str, str], None] = os.replace) -> None:
-    """
-    Replace C{path} by C{data}: a 0600 temp file, write, fsync, rename, fsync
-    dir.  The file keeps its owner and group when we may set them (an admin
-    running as root must not make the users file unreadable to the gateway).
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
-    try:
-        try:
-            old = os.stat(path)
-            os.fchown(fd, old.st_uid, old.st_gid)
-        except (FileNotFoundError, PermissionError):
-            pass
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            fsync(f.fileno())
-        replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def locked(path: str) -> Any:
-    """An exclusive C{flock} on C{path + ".lock"} (a context manager)."""
-    return _Lock(path + ".lock")
-
-
-class _Lock:
-    def __init__(self, path: str) -> None:
-        self._path = path
-
-    def __enter__(self) -> None:
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self._fd)  # closing releases the lock
 
 
 def sync_ban_file(

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from gateway.auth import otp as _otp
-from gateway.auth.directory import (
+from gateway.auth.directory import legacy_matches
+from gateway.auth.throttle import BANS_FILENAME, unban_in_file
+from gateway.auth.usersfile import (
     LEGACY_MECHANISMS,
     Account,
     Legacy,
@@ -36,9 +38,7 @@ from gateway.auth.directory import (
     UsersFileError,
     address_problem,
     canonical,
-    legacy_matches,
 )
-from gateway.auth.throttle import BANS_FILENAME, unban_in_file
 from gateway.auth.verifiers import (
     ALGORITHMS,
     DEFAULT_ITERATIONS,

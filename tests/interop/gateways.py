@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gateway import certs
 from gateway.auth import usercli
-from gateway.auth.directory import UsersFile
+from gateway.auth.usersfile import UsersFile
 from gateway.auth.verifiers import OTPState
 from tests.gatewayprocess import ACCOUNTS, GatewayProcess
 
