@@ -248,7 +248,9 @@ class ThreadRunner:
 
 def mail_services(config: GatewayConfig, reactor: Any, directory: FileDirectory,
                   run_in_thread: Callable[..., Any] | None = None) -> dict[str, Any]:
-    """The store, the spool and the SMTP transaction's collaborators."""
+    """The store, the spool and the SMTP transaction's collaborators, and
+    the worker threads, for protocol work too heavy for the reactor (IMAP
+    SEARCH's decoding)."""
     if run_in_thread is None:
         run_in_thread = ThreadRunner(reactor)
     state = config.server.state_dir
@@ -262,7 +264,8 @@ def mail_services(config: GatewayConfig, reactor: Any, directory: FileDirectory,
     book = DirectoryAddressBook(directory, config.server.local_domains, config.server.aliases)
     delivery = Delivery(store, spool, book, config.server.hostname, reactor)
     smtp = SMTPServices(policy, book, delivery)
-    return {"store": store, "spool": spool, "smtp": smtp, "addressbook": book}
+    return {"store": store, "spool": spool, "smtp": smtp, "addressbook": book,
+            "run_in_thread": run_in_thread}
 
 
 def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> GatewayService:

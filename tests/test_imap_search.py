@@ -8,13 +8,16 @@ and the bound on the work per message.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.config import Limits
 from gateway.imap import decode, mime, search
+from gateway.store.model import NoSuchMessage
 from tests.imap_support import selected, send
 
 QP_LATIN1 = (b"From: a@x.example\r\nSubject: menu\r\nMIME-Version: 1.0\r\n"
@@ -255,3 +258,78 @@ class KeyLimitTests(SynchronousTestCase):
                          [b"* SEARCH", b"a OK SEARCH completed"])
         self.assertEqual(send(proto, t, b"b SEARCH " + b"1 " * most + b"2"),
                          [b"b NO [LIMIT] too many search keys (at most 1000)"])
+
+
+class BatchTests(SynchronousTestCase):
+    """A search that reads messages reads them a batch per store call and
+    tests each batch in the worker threads (C{extras["run_in_thread"]})."""
+
+    def setUp(self) -> None:
+        numbered = tuple(b"Subject: n%d\r\n\r\nbody %s\r\n" % (i, b"even" if i % 2 else b"odd")
+                         for i in range(1, 251))
+        self.proto, self.t, _ = selected(numbered)
+        session = self.proto.session
+        self.reads: list[list[int]] = []
+        self.single: list[int] = []
+        self.runs: list[int] = []
+        read_messages, read_message = session.read_messages, session.read_message
+
+        def spy_many(uids: list[int]) -> Any:
+            self.reads.append(list(uids))
+            return read_messages(uids)
+
+        def spy_one(uid: int) -> Any:
+            self.single.append(uid)
+            return read_message(uid)
+
+        def runner(f: Any, *args: Any) -> Any:
+            self.runs.append(len(args[1]))
+            return succeed(f(*args))
+
+        session.read_messages, session.read_message = spy_many, spy_one
+        self.proto.context.extras["run_in_thread"] = runner
+
+    def test_batches(self) -> None:
+        reply = send(self.proto, self.t, b"a SEARCH BODY even")
+        self.assertEqual(reply[0], b"* SEARCH " + b" ".join(b"%d" % i for i in range(1, 251, 2)))
+        self.assertEqual([len(r) for r in self.reads], [100, 100, 50])
+        self.assertEqual(sum(self.reads, []), list(range(1, 251)))
+        self.assertEqual(self.runs, [100, 100, 50])
+        self.assertEqual(self.single, [])
+
+    def test_index_keys_read_nothing(self) -> None:
+        reply = send(self.proto, self.t, b"b SEARCH 3:5 UNSEEN")
+        self.assertEqual(reply[0], b"* SEARCH 3 4 5")
+        self.assertEqual((self.reads, self.runs), ([], []))
+
+    def test_octet_bound(self) -> None:
+        big = b"Subject: big\r\n\r\n" + b"x" * 600_000 + b"\r\n"
+        self.proto, self.t, _ = selected((big, big, b"Subject: small\r\n\r\nx\r\n", big))
+        session = self.proto.session
+        reads: list[list[int]] = []
+        read_messages = session.read_messages
+        session.read_messages = lambda uids: reads.append(list(uids)) or read_messages(uids)
+        self.assertEqual(send(self.proto, self.t, b"c SEARCH TEXT big")[0], b"* SEARCH 1 2 4")
+        self.assertEqual(reads, [[1], [2, 3], [4]])
+
+    def test_moved_or_gone(self) -> None:
+        """A message the batch read missed is read alone; one that is gone
+        is left out, and the search goes on."""
+        session = self.proto.session
+        read_messages, read_message = session.read_messages, session.read_message
+
+        def missing(uids: list[int]) -> Any:
+            return read_messages(uids).addCallback(
+                lambda found: {u: d for u, d in found.items() if u not in (3, 5)})
+
+        alone: list[int] = []
+
+        def gone(uid: int) -> Any:
+            alone.append(uid)
+            return fail(NoSuchMessage(uid)) if uid == 5 else read_message(uid)
+
+        session.read_messages, session.read_message = missing, gone
+        reply = send(self.proto, self.t, b"d SEARCH BODY even 1:6")
+        self.assertEqual(reply[0], b"* SEARCH 1 3")
+        self.assertEqual(alone, [3, 5])
+        self.assertTrue(reply[-1].startswith(b"d OK"), reply)

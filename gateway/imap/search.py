@@ -4,7 +4,14 @@ SEARCH and UID SEARCH (RFC 3501 section 6.4.4): the search keys parsed
 into a predicate, then run over the session's view.
 
 Keys that the index answers (flags, sizes, dates, sets) never open a
-message; the others read one message at a time.  Text keys are a
+message.  For the others the messages are read in batches (one worker
+call per L{BATCH_MESSAGES} messages or L{BATCH_OCTETS} octets), and each
+batch is parsed, decoded and tested in a worker thread (the listener's
+C{extras["run_in_thread"]}; inline where there is none, as in unit
+tests): decoding takes about 0.1 s per 4 MiB, and one user's search of a
+large mailbox must not stop every other connection of the gateway.  The
+command waits for one batch before reading the next, so that it holds at
+most a batch in memory.  Text keys are a
 case-insensitive substring match (section 6.4.4) on decoded text
 (L{gateway.imap.decode}): header fields with their encoded words decoded,
 and the bodies of text parts with their transfer encoding and charset
@@ -24,10 +31,9 @@ levels deep, a BAD beyond: both the parser and the predicate it builds
 recurse once per level, and a thousand C{NOT}s would otherwise end in a
 C{RecursionError}.  A command holds at most L{MAX_SEARCH_KEYS} keys, of
 which L{MAX_SEARCH_TEXT_KEYS} may read message text (C{NO [LIMIT]}
-beyond): SEARCH runs on the reactor, and a hundred C{NOT TEXT x} keys
-took 0.6 s per 4 MB message.  A sequence set is resolved once per command
-and looked up by bisection, so that a set of thousands of ranges costs
-little per message.
+beyond): a hundred C{NOT TEXT x} keys took 0.6 s per 4 MB message.  A
+sequence set is resolved once per command and looked up by bisection, so
+that a set of thousands of ranges costs little per message.
 """
 
 from __future__ import annotations
@@ -79,6 +85,11 @@ MAX_SEARCH_DEPTH = 50
 MAX_SEARCH_KEYS = 1000
 MAX_SEARCH_TEXT_KEYS = 50
 _TEXT_KEYS = _ADDRESS_KEYS | {b"HEADER", b"BODY", b"TEXT"}
+#: A search that reads messages reads and tests them in batches of at
+#: most this many messages, or this many octets (the index's sizes; a
+#: batch holds at least one message).
+BATCH_MESSAGES = 100
+BATCH_OCTETS = 1 << 20
 
 
 @dataclass
@@ -349,20 +360,66 @@ class SearchCommand:
     async def cmd_SEARCH(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
         limits = self.context.limits
         query = parse_query(args, limits.max_search_keys, limits.max_search_text_keys)
-        limit = self.context.limits.max_search_text_size
         session = self.session
         messages = session.messages()
-        found = []
         largest_uid = messages[-1].uid if messages else 0
-        for seq, info in enumerate(messages, 1):
-            c = Candidate(seq, info, info.uid in session.recent, len(messages), largest_uid)
-            if query.needs_body:
-                try:
-                    data = await session.read_message(info.uid)
-                except NoSuchMessage:
-                    continue
-                c.part = mime.parse(data[:limit])
-            if query.test(c):
-                found.append(info.uid if uid else seq)
+        candidates = [Candidate(seq, info, info.uid in session.recent, len(messages), largest_uid)
+                      for seq, info in enumerate(messages, 1)]
+        if query.needs_body:
+            matched = await self._search_texts(query.test, candidates,
+                                               limits.max_search_text_size)
+        else:
+            matched = [c for c in candidates if query.test(c)]
+        found = [c.info.uid if uid else c.seq for c in matched]
         self.untagged(" ".join(["SEARCH", *map(str, found)]))
         return "UID SEARCH completed" if uid else "SEARCH completed"
+
+    async def _search_texts(self, test: Predicate, candidates: list[Candidate],
+                            limit: int) -> list[Candidate]:
+        """The candidates that pass C{test}, read and tested a batch at a
+        time (see the module docstring); a message gone meanwhile is left
+        out."""
+        session = self.session
+        run = self.context.extras.get("run_in_thread")
+        matched: list[Candidate] = []
+        for batch in _batches(candidates):
+            texts = await session.read_messages([c.info.uid for c in batch])
+            for c in batch:
+                if c.info.uid not in texts:  # moved meanwhile: the locked path
+                    try:
+                        texts[c.info.uid] = await session.read_message(c.info.uid)
+                    except NoSuchMessage:
+                        pass
+            present = [c for c in batch if c.info.uid in texts]
+            if run is None:
+                matched += _test_texts(test, present, texts, limit)
+            else:
+                matched += await run(_test_texts, test, present, texts, limit)
+        return matched
+
+
+def _batches(candidates: list[Candidate]) -> Iterator[list[Candidate]]:
+    batch: list[Candidate] = []
+    octets = 0
+    for c in candidates:
+        if batch and (len(batch) >= BATCH_MESSAGES or octets + c.info.size > BATCH_OCTETS):
+            yield batch
+            batch, octets = [], 0
+        batch.append(c)
+        octets += c.info.size
+    if batch:
+        yield batch
+
+
+def _test_texts(test: Predicate, batch: list[Candidate], texts: dict[int, bytes],
+                limit: int) -> list[Candidate]:
+    """(any thread) Parse the first C{limit} octets of each message of
+    C{batch} and keep those that pass C{test}; each parse is dropped
+    after its test."""
+    passed = []
+    for c in batch:
+        c.part = mime.parse(texts[c.info.uid][:limit])
+        if test(c):
+            passed.append(c)
+        c.part, c._bodies, c._headers = None, None, None
+    return passed
