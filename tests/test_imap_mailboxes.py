@@ -304,7 +304,10 @@ class NameTests(SynchronousTestCase):
 
     def test_date_time(self) -> None:
         self.assertEqual(parse_date_time(String(b" 1-Jan-2000 00:00:00 +0100")), 946681200.0)
-        for bad in [b"31-Feb-2000 00:00:00 +0000", b"1-Jan-2000", b"1-Foo-2000 00:00:00 +0000"]:
+        self.assertEqual(parse_date_time(String(b"1-Jan-2000 00:00:00 -2359")), 946771140.0)
+        for bad in [b"31-Feb-2000 00:00:00 +0000", b"1-Jan-2000", b"1-Foo-2000 00:00:00 +0000",
+                    b"1-Jan-2000 00:00:00 +9999", b"1-Jan-2000 00:00:00 -0060",
+                    b"1-Jan-2000 00:00:00 +2400"]:
             self.assertRaises(ParseError, parse_date_time, String(bad))
 
 

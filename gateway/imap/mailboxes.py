@@ -154,6 +154,8 @@ def parse_date_time(token: Token) -> float:
     if match is None or month is None:
         raise Bad("invalid date-time")
     day, _, year, hh, mm, ss, sign, zh, zm = match.groups()
+    if int(zh) > 23 or int(zm) > 59:  # hhmm east of Greenwich: +9999 is none
+        raise Bad("invalid date-time")
     try:
         moment = datetime.datetime(int(year), month, int(day), int(hh), int(mm), int(ss))
         seconds = calendar.timegm(moment.timetuple())
