@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_maildir -*-
+# -*- test-case-name: tests.test_store_maildir,tests.test_store_batch_faults -*-
 """
 Durable writes for the Maildir store: message files (spool, fsync, link,
 directory fsync through the group commit), new Maildirs built under a
@@ -24,7 +24,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.python.failure import Failure
 
-from gateway.store.fs import DirSyncer, FileSystem
+from gateway.store.fs import DirSyncer, FileSystem, call_in_thread
 from gateway.store.model import DEFAULT_FOLDERS
 from gateway.store.names import FOLDER_MARKER, folder_dir, folder_name, to_crlf
 
@@ -219,6 +219,11 @@ class Disk:
             try:
                 key = name(size)
                 targets = [os.path.join(d, key) for d in jobs[i][2]]
+            except Exception:
+                out[i] = (False, Failure())
+                self.try_unlink(path)  # link_all, which would have, is not reached
+                continue
+            try:
                 out[i] = (True, (key, size, self.link_all(path, targets)))
             except Exception:
                 out[i] = (False, Failure())
@@ -273,7 +278,10 @@ class Disk:
             for i, (ok, value) in enumerate(outcome):
                 if not ok and results[i] is None:
                     results[i] = value.value
-                    undo.append(self._run(self.try_unlink, targets[i]))
-            return DeferredList(undo).addCallback(lambda _: results)
+                    undo.append(call_in_thread(self._run, self.try_unlink, targets[i]))
+            # An undo that cannot run (the threads are stopping) leaves the
+            # file, which is never reported stored and is indexed later; its
+            # failure says nothing more than results does.
+            return DeferredList(undo, consumeErrors=True).addCallback(lambda _: results)
 
-        return self._run(self.link_all, spooled, targets).addCallback(linked)
+        return call_in_thread(self._run, self.link_all, spooled, targets).addCallback(linked)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_maildir -*-
+# -*- test-case-name: tests.test_store_maildir,tests.test_store_batch_faults -*-
 """
 The file-system operations the store uses, in one object, the group
 commit of directory fsyncs, and the grouping of work for worker threads.
@@ -49,6 +49,21 @@ def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 _sync_file_range = _find_sync_file_range()
 _SYNC_FILE_RANGE_WRITE = 2
+
+
+def call_in_thread(run_in_thread: Callable[..., Deferred[Any]], fn: Callable[..., Any],
+                   *args: Any) -> Deferred[Any]:
+    """
+    C{run_in_thread(fn, *args)}, or a failed L{Deferred} where
+    C{run_in_thread} raises (no thread to run it: the worker threads are
+    stopping).  Callers then have one way to see a failure, and fail their
+    waiters, release what they hold and undo, instead of leaving that
+    undone half-way through a callback.
+    """
+    try:
+        return run_in_thread(fn, *args)
+    except Exception:
+        return fail()
 
 
 class FileSystem:
@@ -182,7 +197,7 @@ class DirSyncer:
             else:
                 del self._dirs[path]
 
-        self._run(self._fs.fsync_dir, path).addBoth(done)
+        call_in_thread(self._run, self._fs.fsync_dir, path).addBoth(done)
 
 
 class Batcher:
@@ -233,8 +248,5 @@ class Batcher:
             while self._waiting and self.running < self._limit:
                 self._start()
 
-        try:
-            d = self._run(self._fn, [item for item, _ in batch])
-        except Exception:  # no thread to run it (stopping): fail the batch, not hang it
-            d = fail()
-        d.addBoth(done)
+        # No thread to run it (stopping): fail the batch, not hang it.
+        call_in_thread(self._run, self._fn, [item for item, _ in batch]).addBoth(done)

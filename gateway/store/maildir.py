@@ -93,7 +93,7 @@ from gateway.interfaces import IMailStore
 from gateway.store import folders
 from gateway.store.durable import TMP_MAX_AGE, Disk
 from gateway.store.folder import FolderState
-from gateway.store.fs import Batcher, FileSystem
+from gateway.store.fs import Batcher, FileSystem, call_in_thread
 from gateway.store.index import INDEX_FILE, AccountIndex, Row, release_memory, stamp
 from gateway.store.model import (
     DEFAULT_FOLDERS,
@@ -246,13 +246,16 @@ class MaildirStore:
         if acct.index is None:
             self._open_account(acct)
         assert acct.index is not None
-        if acct.index.begin():  # another process changed the index: take its changes
-            for state in list(acct.folders.values()):
-                version = state.version
-                state.reload()
-                if state.version != version:
-                    acct.touched.add(state)
+        changed = acct.index.begin()
         try:
+            # Inside the transaction's try: a reload that fails must roll
+            # back, or the open transaction fails every later call.
+            if changed:  # another process changed the index: take its changes
+                for state in list(acct.folders.values()):
+                    version = state.version
+                    state.reload()
+                    if state.version != version:
+                        acct.touched.add(state)
             result = fn(acct, *args)
             acct.index.commit()
         except StoreError:
@@ -423,11 +426,13 @@ class MaildirStore:
                     self.release(acct, size)
                 return result
 
-            d = self._run(self.disk.link_all, path, targets)
+            # (a runner that raises would otherwise skip the release)
+            d = call_in_thread(self._run, self.disk.link_all, path, targets)
             return d.addCallback(lambda errors: linked((key, size, errors), accepted)).addBoth(
                 release)
 
-        return self._run(self.disk.spool, message, date).addCallback(spooled).addBoth(report)
+        return call_in_thread(self._run, self.disk.spool, message, date).addCallback(
+            spooled).addBoth(report)
 
     def _write_deliveries(self, jobs: list[tuple[bytes | str, float, list[str]]]
                           ) -> list[tuple[bool, Any]]:
@@ -487,11 +492,8 @@ class MaildirStore:
                 acct.committing = False
 
         rows = [row for row, _ in batch]
-        try:
-            d = self._run(self._commit_in_thread, acct, rows)
-        except Exception:  # no thread to run it (stopping): fail the batch, not hang it
-            d = fail()
-        return d.addBoth(done)
+        # No thread to run it (stopping): fail the batch, not hang it.
+        return call_in_thread(self._run, self._commit_in_thread, acct, rows).addBoth(done)
 
     def _commit_in_thread(self, acct: _Account,
                           rows: list[Row]) -> tuple[Exception | None, Failure | None]:
