@@ -739,5 +739,8 @@ class MaildirStore:
                 acct.index = None
                 acct.folders.clear()
 
-        return DeferredList([acct.lock.run(self._run, close, acct)
-                             for acct in self._accounts.values()]).addCallback(lambda _: None)
+        # After the worker threads stopped (shutdown) an index stays open:
+        # SQLite needs no close to be consistent, and that is no error.
+        return DeferredList([acct.lock.run(call_in_thread, self._run, close, acct)
+                             for acct in self._accounts.values()],
+                            consumeErrors=True).addCallback(lambda _: None)
