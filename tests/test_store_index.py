@@ -94,6 +94,24 @@ class IndexTests(SynchronousTestCase):
         self.assertEqual(self.index.subscriptions(), set())
 
 
+    def test_begin_that_fails_leaves_no_transaction(self) -> None:
+        """A failure after BEGIN (reading data_version) rolls back: the next
+        transaction starts, instead of failing for ever with "cannot start
+        a transaction within a transaction"."""
+        index = self.index
+        real = index._data_version
+
+        def broken() -> int:
+            index._data_version = real  # type: ignore[method-assign]
+            raise sqlite3.OperationalError("disk I/O error")
+
+        index._data_version = broken  # type: ignore[method-assign]
+        self.assertRaises(sqlite3.OperationalError, index.begin)
+        with index.transaction():
+            index.add_folder("INBOX")
+        self.assertIsNotNone(self.open().folder("INBOX"))
+
+
 class SuspendTests(SynchronousTestCase):
     """
     An idle account's index connection is closed (suspended) and opened

@@ -15,7 +15,8 @@ mtime is recorded only if it was at least a second old when the listing
 began: a change within the same clock tick of a coarse file-system
 timestamp then still causes one more listing (Dovecot's "dirty mtime"
 rule).  Our own renames change the mtimes too, so a listing follows our
-own changes; listing C{new/} alone (deliveries) never lists C{cur/}.
+own changes; listing C{new/} alone (deliveries) never lists C{cur/}, and
+listing C{cur/} alone leaves the messages in C{new/} as they were.
 """
 
 from __future__ import annotations
@@ -196,7 +197,14 @@ class FolderState(FolderModel):
                     key, info = split_name(name)
                     if sub == "cur" or key not in listed:
                         listed[key] = (sub, info)
-        candidates = list(self.infos) if "cur" in subdirs else list(self.in_new)
+        # Only the messages in a listed directory can be missing from the
+        # listing: one still in new/ is not gone because cur/ alone moved.
+        if "cur" not in subdirs:
+            candidates = list(self.in_new)
+        elif "new" in subdirs:
+            candidates = list(self.infos)
+        else:
+            candidates = [uid for uid in self.infos if uid not in self.in_new]
         removed: list[int] = []
         changed: list[Row] = []
         for uid in candidates:

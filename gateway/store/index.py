@@ -206,16 +206,22 @@ class AccountIndex:
         if not self.suspended:
             self._db.close()
 
-    def suspend(self) -> None:
+    def suspend(self) -> bool:
         """
         Close the connection (outside a transaction) until the next
         L{begin}, which opens it again; remember the generation, so that
         L{begin} can tell whether another connection wrote meanwhile.  The
         last connection to close checkpoints the WAL into the database and
         removes the C{-wal} and C{-shm} files.
+
+        @return: C{True} if another connection committed since our last
+            transaction: a change our caches have not taken yet, so the
+            caller must not record the files' L{stamp} as seen (its poll
+            would then never look, and the change would reach nobody
+            before the account's next call).
         """
         if self.suspended:
-            return
+            return False
         self._db.execute("BEGIN")
         try:
             generation = self._read_generation()
@@ -227,6 +233,7 @@ class AccountIndex:
         # Unknown (None) if another connection wrote since our last
         # transaction: its change is not in our caches yet.
         self._generation = generation if unchanged else None
+        return not unchanged
 
     def _read_generation(self) -> int:
         found = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
@@ -271,16 +278,21 @@ class AccountIndex:
                 db.execute("BEGIN IMMEDIATE")
                 generation = db.execute(
                     "SELECT value FROM meta WHERE key = 'generation'").fetchone()
+                version = int(db.execute("PRAGMA data_version").fetchone()[0])
             except BaseException:
                 db.close()  # still suspended: the next begin tries again
                 raise
             self._db, self.suspended = db, False
             changed = self._generation is None or generation is None or (
                 int(generation[0]) != self._generation)
-            self._version = self._data_version()
+            self._version = version
         else:
             self._db.execute("BEGIN IMMEDIATE")
-            version = self._data_version()
+            try:
+                version = self._data_version()
+            except BaseException:
+                self.rollback()  # or every later begin fails: a transaction is open
+                raise
             changed, self._version = version != self._version, version
         if changed:
             self._usage = None

@@ -715,8 +715,11 @@ class MaildirStore:
                     state.shrink()
                 else:
                     del acct.folders[name]
-            index.suspend()
-            acct.stamp = stamp(index.path)
+            # A change another process committed since our last transaction
+            # is not in our caches: leave the stamp unknown, so that the
+            # next look reopens the index and reports it.
+            unseen = index.suspend()
+            acct.stamp = None if unseen else stamp(index.path)
 
         def done(result: object) -> None:
             self._suspending -= 1

@@ -53,10 +53,11 @@ def open_session(store: MaildirStore, account: str, name: str,
         state = store.folder(acct, name)
         if state.refresh():
             acct.touched.add(state)
+        recent = state.recent_uid
         view = View(state, readonly)
         if not readonly:
             state.to_cur()
-            state.save_row()  # the \Recent it took
+            _save_recent(state, recent)
         return acct, state, view
 
     def opened(result: tuple[_Account, FolderState, View]) -> MaildirSession:
@@ -66,6 +67,15 @@ def open_session(store: MaildirStore, account: str, name: str,
         return session
 
     return store.serial(account, open_, name).addCallback(opened)
+
+
+def _save_recent(state: FolderState, before: int) -> None:
+    """(thread) Persist the \\Recent a read-write session took, if it took
+    any: a sync with nothing new (an IMAP NOOP) then writes nothing, so
+    costs no commit and fsync, and wakes no other process to reload the
+    index."""
+    if state.recent_uid != before:
+        state.save_row()
 
 
 def poll(store: MaildirStore, acct: _Account) -> None:
@@ -151,10 +161,11 @@ class MaildirSession:
                 state.reload()
             if not state.gone and state.refresh():
                 acct.touched.add(state)
+            recent = state.recent_uid
             changes = self._view.sync(state)
             if not self.readonly and not state.gone:
                 state.to_cur()
-                state.save_row()
+                _save_recent(state, recent)
             return changes
         return self._op(sync)
 
