@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -205,6 +205,136 @@ class BackpressureTests(SynchronousTestCase):
         self.assertEqual(len([k for k in found if k.startswith(b"BODY[]")]), 200)
         self.assertEqual(found[b"BODY[]<7>"], big(0)[7:])
         self.assertGreater(t.pauses, 50)
+
+
+def large(n: int, size: int = 700_000) -> bytes:
+    head = b"From: a@x.example\r\nSubject: large %d\r\n\r\n" % n
+    line = b"%07d" % n + b" line of a large message, not stuffed\r\n"
+    return head + (line * (size // len(line) + 1))[:size - len(head) - 2] + b"\r\n"
+
+
+class StreamTests(SynchronousTestCase):
+    """
+    A message over L{fetch.STREAM_SIZE} whose FETCH asks only for its
+    octets is copied from its file a piece at a time, never read whole;
+    the response is the same as when it is.
+    """
+
+    def connect(self, messages: tuple[bytes, ...], transport: Any = None
+                ) -> tuple[Any, Any, list[tuple[str, int]]]:
+        if transport is None:
+            proto, t, _ = selected(messages)
+        else:
+            first, _, _ = logged_in(messages)
+            proto, t = first.factory.buildProtocol(None), transport
+            proto.makeConnection(t)
+            proto.handshakeCompleted()
+            send(proto, t, b'L LOGIN alice@example.edu "correct horse"')
+            self.assertTrue(send(proto, t, b"S SELECT INBOX")[-1].startswith(b"S OK"))
+        session, calls = proto.session, []
+        read_message, open_message = session.read_message, session.open_message
+
+        def spy_read(uid: int) -> Any:
+            calls.append(("read", uid))
+            return read_message(uid)
+
+        def spy_open(uid: int) -> Any:
+            calls.append(("open", uid))
+            return open_message(uid)
+
+        session.read_message, session.open_message = spy_read, spy_open
+        return proto, t, calls
+
+    def test_whole_message(self) -> None:
+        message = large(1)
+        self.assertGreater(len(message), fetch.STREAM_SIZE)
+        proto, t, calls = self.connect((message, SIMPLE))
+        out = wire(proto, t, b"a FETCH 1:2 (UID RFC822.SIZE BODY.PEEK[])")
+        self.assertEqual(out, b"* 1 FETCH (UID 1 RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\n"
+                         b"* 2 FETCH (UID 2 RFC822.SIZE %d BODY[] {%d}\r\n%s)\r\n"
+                         b"a OK FETCH completed\r\n"
+                         % (len(message), len(message), message,
+                            len(SIMPLE), len(SIMPLE), SIMPLE))
+        self.assertEqual(calls, [("open", 1), ("read", 2)])
+
+    def test_rfc822_sets_seen(self) -> None:
+        message = large(2)
+        proto, t, calls = self.connect((message,))
+        out = wire(proto, t, b"a FETCH 1 RFC822")
+        found = parse_fetch(out[:out.rindex(b"a OK")])[1]
+        self.assertEqual(found[b"RFC822"], message)
+        self.assertIn(b"\\Seen", found[b"FLAGS"])
+        self.assertEqual(calls, [("open", 1)])
+
+    def test_partial(self) -> None:
+        message = large(3)
+        proto, t, calls = self.connect((message,))
+        out = wire(proto, t, b"a FETCH 1 (BODY.PEEK[]<300000.1000> BODY.PEEK[]<699990.100>"
+                   b" BODY.PEEK[]<5000000.10>)")
+        self.assertEqual(out, b"* 1 FETCH (BODY[]<300000> {1000}\r\n%s"
+                         b" BODY[]<699990> {10}\r\n%s BODY[]<5000000> {0}\r\n)\r\n"
+                         b"a OK FETCH completed\r\n" % (message[300000:301000], message[-10:]))
+        self.assertEqual(calls, [("open", 1)])
+
+    def test_other_items_read_it_whole(self) -> None:
+        message = large(4)
+        proto, t, calls = self.connect((message,))
+        out = wire(proto, t, b"a FETCH 1 (ENVELOPE BODY.PEEK[])")
+        found = parse_fetch(out[:out.rindex(b"a OK")])[1]
+        self.assertEqual(found[b"BODY[]"], message)
+        self.assertEqual(calls, [("read", 1)])
+
+    def test_backpressure(self) -> None:
+        """A client that does not read holds the copy: the transport holds
+        at most its limit and a piece."""
+        messages = (large(5, 2_000_000), large(6, 300_000))
+        t = BufferingTransport(peerAddress=IPv4Address("TCP", "192.0.2.8", 40001))
+        proto, t, calls = self.connect(messages, t)
+        proto.dataReceived(b"a FETCH 1:2 BODY.PEEK[]\r\n")
+        self.assertTrue(t.full)
+        self.assertLess(len(t.value()), t.limit + fetch.FLUSH_SIZE)
+        self.assertEqual(calls, [("open", 1)])
+        received = t.drain()
+        while t.full:
+            self.assertLess(len(t.value()), t.limit + fetch.FLUSH_SIZE)
+            received += t.drain()
+        received += t.drain()
+        self.assertTrue(received.endswith(b"a OK FETCH completed\r\n"), received[-100:])
+        found = parse_fetch(received[:received.rindex(b"a OK")])
+        self.assertEqual([found[1][b"BODY[]"], found[2][b"BODY[]"]], list(messages))
+        self.assertEqual(calls, [("open", 1), ("open", 2)])
+
+    def test_file_cut_short(self) -> None:
+        """A file shorter than the literal announced (cut by another program
+        after it was opened): the response cannot be finished, so the
+        connection is aborted (what the command writes after it, a real
+        transport drops)."""
+        message = large(7)
+        proto, t, _ = self.connect((message,))
+        session = proto.session
+
+        class Cut:
+            def __init__(self) -> None:
+                self.closed = False
+
+            def seek(self, offset: int, whence: int = 0) -> int:
+                self.position = len(message) if whence == 2 else offset
+                return self.position
+
+            def read(self, count: int) -> bytes:
+                return message[self.position:min(self.position + count, 100_000)]
+
+            def close(self) -> None:
+                self.closed = True
+
+        cut = Cut()
+        session.open_message = lambda uid: succeed(cut)
+        aborted: list[bytes] = []
+        t.abortConnection = lambda: aborted.append(t.value())  # type: ignore[method-assign]
+        wire(proto, t, b"a FETCH 1 BODY.PEEK[]")
+        self.assertEqual(aborted, [b"* 1 FETCH (BODY[] {%d}\r\n" % len(message)
+                                   + message[:100_000]])
+        self.assertTrue(cut.closed)
 
 
 class BackpressureUnitTests(SynchronousTestCase):

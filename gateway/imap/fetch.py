@@ -13,6 +13,14 @@ a push producer registered with the transport: when the transport's buffer
 is full (a client that asks for C{1:* BODY[]} and does not read), no
 further message is read until it drains, so the server holds at most one
 message (and the transport's buffer) per connection, not the folder.
+
+Nor all of a large message, when the client asks only for its octets as
+they are (C{RFC822}, C{BODY[]}, C{BODY.PEEK[]}, with or without a
+partial range: what mbsync, offlineimap and Thunderbird's chunked
+download ask for; L{streamable}): a message over L{STREAM_SIZE} is then
+copied from its file a piece at a time (L{render_pieces} yields a
+L{Span} where the octets go), so that a 30 MB attachment costs a piece
+of memory, and a partial fetch of it reads only the range asked for.
 """
 
 from __future__ import annotations
@@ -46,6 +54,10 @@ _FIELD_NAME_CHARS = ATOM_CHARS - {ord(":")}
 #: A FETCH response is written in pieces of about this size, each once
 #: the client has read the previous one (L{render_pieces}, L{Backpressure}).
 FLUSH_SIZE = 65536
+#: A message larger than this is copied from its file a piece at a time
+#: when the items allow it (L{streamable}); smaller ones are read whole,
+#: in one worker call.
+STREAM_SIZE = 262144
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
@@ -150,6 +162,23 @@ def needs_body(items: list[Item]) -> bool:
     return any(item.name not in _INDEX_ONLY for item in items)
 
 
+def streamable(items: list[Item]) -> bool:
+    """Do these items ask for nothing of the message but its octets as
+    they are (or a range of them), so that it need not be read whole?"""
+    return all(item.name in _INDEX_ONLY or item.name == b"RFC822"
+               or (item.section and not item.numbers and item.text == b"")
+               for item in items)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where L{render_pieces} leaves C{count} octets of the message's
+    file, from C{origin}, for its caller to copy."""
+
+    origin: int
+    count: int
+
+
 def sets_seen(items: list[Item]) -> bool:
     """Does fetching these items set \\Seen (RFC 3501 section 6.4.5)?"""
     return any((item.section and not item.peek) or item.name in (b"RFC822", b"RFC822.TEXT")
@@ -199,15 +228,19 @@ def render(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
 
     @param data: the message, if L{needs_body}.
     """
-    return b"".join(render_pieces(info, items, recent, uid, data))
+    return b"".join(piece for piece in render_pieces(info, items, recent, uid, data)
+                    if isinstance(piece, bytes))
 
 
 def render_pieces(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
-                  data: bytes | None) -> Iterator[bytes]:
+                  data: bytes | None, file_size: int | None = None) -> Iterator[bytes | Span]:
     """
     L{render}'s output one item at a time, each made only when asked for:
     C{FETCH 1 (BODY.PEEK[] BODY.PEEK[] ...)} names a 35 MB message hundreds
     of times in one line, and its response must not be built whole.
+
+    @param file_size: instead of C{data}, for L{streamable} items: the
+        size of the message's file; its octets are then L{Span}s.
     """
     yield b"("
     first = True
@@ -216,6 +249,15 @@ def render_pieces(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
         first = False
     root = mime.parse(data) if data is not None else None
     for item in items:
+        if file_size is not None and item.name not in _INDEX_ONLY:
+            origin, count = item.partial or (0, file_size)
+            origin = min(origin, file_size)
+            count = min(count, file_size - origin)
+            yield b"%s%s {%d}\r\n" % (b"" if first else b" ", item.label(), count)
+            if count:
+                yield Span(origin, count)
+            first = False
+            continue
         name = item.name
         if name == b"FLAGS":
             value = flags_list(info.flags, recent)

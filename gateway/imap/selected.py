@@ -14,7 +14,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from itertools import islice
 from operator import attrgetter
-from typing import Any
+from typing import IO, Any
 
 from gateway.imap import fetch
 from gateway.imap.mailboxes import decode_name, parse_flags
@@ -52,6 +52,7 @@ class SelectedCommands:
     transport: Any
     context: Any
     untagged: Any
+    log: Any
 
     def messages_for(self, token: Token, uid: bool) -> Iterator[tuple[int, MessageInfo]]:
         """
@@ -100,6 +101,7 @@ class SelectedCommands:
         targets = self.messages_for(args[0], uid)
         session = self.session
         body = fetch.needs_body(items)
+        stream = body and fetch.streamable(items)
         seen = fetch.sets_seen(items) and not session.readonly
         with_flags = items if any(i.name == b"FLAGS" for i in items) else [
             *items, fetch.Item(b"FLAGS")]
@@ -109,35 +111,52 @@ class SelectedCommands:
             for seq, info in targets:
                 if not await pressure.ready():
                     break  # the connection is closing
-                data = None
+                data = source = None
                 if body:
                     try:
-                        data = await session.read_message(info.uid)  # read in a thread
+                        if stream and info.size > fetch.STREAM_SIZE:
+                            source = await session.open_message(info.uid)
+                        else:
+                            data = await session.read_message(info.uid)  # read in a thread
                     except NoSuchMessage:
                         continue  # expunged by another session meanwhile
-                wanted = items
-                if seen and "\\Seen" not in info.flags:
-                    updated = await session.set_flags([info.uid], ["\\Seen"], "add")
-                    if updated:
-                        info = updated[0]
-                    wanted = with_flags
-                if not await self._write_fetch(seq, fetch.render_pieces(
-                        info, wanted, info.uid in session.recent, uid, data), pressure):
-                    break
+                try:
+                    wanted = items
+                    if seen and "\\Seen" not in info.flags:
+                        updated = await session.set_flags([info.uid], ["\\Seen"], "add")
+                        if updated:
+                            info = updated[0]
+                        wanted = with_flags
+                    pieces = fetch.render_pieces(
+                        info, wanted, info.uid in session.recent, uid, data,
+                        None if source is None else source.seek(0, 2))
+                    if not await self._write_fetch(seq, pieces, pressure, source):
+                        break
+                finally:
+                    if source is not None:
+                        source.close()
         return "UID FETCH completed" if uid else "FETCH completed"
 
-    async def _write_fetch(self, seq: int, pieces: Iterator[bytes],
-                           pressure: fetch.Backpressure) -> bool:
+    async def _write_fetch(self, seq: int, pieces: Iterator[bytes | fetch.Span],
+                           pressure: fetch.Backpressure, source: IO[bytes] | None = None) -> bool:
         """
         Write one FETCH response, waiting for the client to read after each
         L{fetch.FLUSH_SIZE} octets: C{FETCH 1 (BODY.PEEK[] BODY.PEEK[] ...)}
-        may name a large message hundreds of times in one line.
+        may name a large message hundreds of times in one line.  A
+        L{fetch.Span} is copied from C{source}, the message's file.
 
         @return: C{False} if the connection is closing.
         """
         out = [b"* %d FETCH " % seq]
         size = 0
         for piece in pieces:
+            if isinstance(piece, fetch.Span):
+                assert source is not None
+                self.transport.write(b"".join(out))
+                out, size = [], 0
+                if not await self._copy(source, piece, pressure):
+                    return False
+                continue
             out.append(piece)
             size += len(piece)
             if size >= fetch.FLUSH_SIZE:
@@ -147,6 +166,44 @@ class SelectedCommands:
                     return False
         out.append(b"\r\n")
         self.transport.write(b"".join(out))
+        return True
+
+    async def _copy(self, source: IO[bytes], span: fetch.Span,
+                    pressure: fetch.Backpressure) -> bool:
+        """
+        Copy C{span} of C{source} to the client, a L{fetch.FLUSH_SIZE}
+        piece per worker call (inline without one), each once the client
+        has read the one before.  A file shorter than the literal announced
+        (cut by another program meanwhile) leaves no way to finish the
+        response, nor after a read that fails: the connection is closed.
+
+        @return: C{False} if the connection is closing.
+        """
+        run = self.context.extras.get("run_in_thread")
+
+        def read(origin: int, count: int) -> bytes:
+            source.seek(origin)
+            return source.read(count)
+
+        origin, end = span.origin, span.origin + span.count
+        while origin < end:
+            count = min(fetch.FLUSH_SIZE, end - origin)
+            try:
+                chunk = read(origin, count) if run is None else await run(read, origin, count)
+            except OSError as e:
+                chunk, why = b"", str(e)
+            else:
+                why = "the file is shorter than its literal"
+            if not chunk:
+                self.log.error("{listener}: FETCH stopped {missing} octets before the end of "
+                               "a literal ({why}); closing the connection",
+                               listener=self.context.listener.name, missing=end - origin, why=why)
+                self.transport.abortConnection()
+                return False
+            self.transport.write(chunk)
+            origin += len(chunk)
+            if not await pressure.ready():
+                return False
         return True
 
     # STORE
