@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pop3 -*-
+# -*- test-case-name: tests.test_pop3_transaction,tests.test_pop3_readahead_review -*-
 """
 The POP3 server protocol.
 
@@ -15,8 +15,12 @@ L{SMALL_MESSAGE} whole, larger ones streamed from their files) and
 byte-stuffed (L{gateway.pop3.transfer}).  Commands are answered one at a time, so
 pipelining (RFC 2449) keeps its order; the messages named by pipelined RETRs
 are read ahead in one call of the store's thread
-(L{gateway.pop3.readahead}), and a message is read only once the transport
-has sent what came before (L{gateway.pop3.transfer.FlowGate}).
+(L{gateway.pop3.readahead}), and no command is answered while the transport
+holds more than its threshold of earlier replies
+(L{gateway.pop3.transfer.FlowGate}): what a client that does not read makes
+a session hold is bounded by that threshold, one message read whole and one
+read-ahead.  A read that fails once part of a message is out closes the
+connection: nothing else can follow a partial reply.
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ from gateway.auth.realm import IAuthenticatedUser
 from gateway.auth.sasl.exchange import LoggedIn, Outcome
 from gateway.pop3.logindelay import LoginDelay
 from gateway.pop3.maildrop import Maildrop
-from gateway.pop3.readahead import ReadAhead
-from gateway.pop3.transfer import FlowGate, MessageProducer, Stuffer
+from gateway.pop3.readahead import LOOK_AHEAD, ReadAhead
+from gateway.pop3.transfer import FlowGate, MessageCutShort, MessageProducer, Stuffer
 from gateway.protocol import ConnectionLimitingFactory, LineProtocol
-from gateway.store.model import MailboxInUse, MessageInfo
+from gateway.store.model import MailboxInUse, MessageInfo, NoSuchMessage
 
 OK = b"+OK"
+#: Commands not held back by the flow gate in L{POP3Server.line_received}.
+_UNGATED = {b"QUIT", b"RETR", b"TOP"}
 #: Messages up to this size are sent with one read and one write; larger
 #: ones are streamed through a producer, never whole in memory.
 SMALL_MESSAGE = 256 * 1024
@@ -72,6 +78,8 @@ class POP3Server(LineProtocol):
         self.maildrop: Maildrop | None = None
         self.read_ahead: ReadAhead | None = None
         self.flow: FlowGate | None = None
+        #: The message being streamed, while its multi-line reply is open.
+        self.streaming: MessageProducer | None = None
 
     def idle_timeout(self) -> float:
         return self.context.limits.idle_timeout_pop3
@@ -84,7 +92,8 @@ class POP3Server(LineProtocol):
         self.sendLine(status + (b" " + text if text else b""))
 
     def reply_shutdown(self) -> None:
-        self.send(ERR, "[SYS/TEMP] server shutting down")
+        if self.streaming is None:  # else it would read as a message line
+            self.send(ERR, "[SYS/TEMP] server shutting down")
 
     def reply_busy(self) -> None:
         self.send(ERR, "[SYS/TEMP] too many connections, try again later")
@@ -93,7 +102,8 @@ class POP3Server(LineProtocol):
         self.send(ERR, "line too long")
 
     def reply_timeout(self) -> None:
-        self.send(ERR, "idle timeout, closing connection")
+        if self.streaming is None:  # else it would read as a message line
+            self.send(ERR, "idle timeout, closing connection")
 
     def greet(self) -> None:
         # RFC 1939 section 7: the APOP timestamp must be unique per greeting;
@@ -115,6 +125,20 @@ class POP3Server(LineProtocol):
     # Dispatch
 
     def line_received(self, line: bytes) -> Any:
+        flow = self.flow
+        if (flow is not None and flow.attached and flow.paused
+                and line.partition(b" ")[0].upper() not in _UNGATED):
+            # The client has not read our earlier replies: answer this
+            # command once it has, so that what a client that does not
+            # read makes us hold stays bounded (a pipeline of UIDLs of a
+            # large maildrop grew it without bound).  The line goes back to
+            # the buffer and is read again then.  RETR and TOP wait in
+            # _send_message (after their message is chosen, so that the
+            # read-ahead sees the RETRs behind them); QUIT's reply is one
+            # line and the client is done.
+            self._buffer = line + self.delimiter + self._buffer
+            waiting = flow.wait().addErrback(lambda f: f.trap(ConnectionDone))
+            return self.serialize(waiting)
         verb, _, rest = line.partition(b" ")
         handler = self.handler_for(verb)
         if handler is None:
@@ -270,7 +294,9 @@ class POP3Server(LineProtocol):
                 return
             self.maildrop = maildrop
             self.read_ahead = ReadAhead(maildrop, SMALL_MESSAGE)
-            self.flow = FlowGate(self.transport)
+            # The client taking what we sent is activity: a long
+            # transfer to a slow reader must not end in the idle timeout.
+            self.flow = FlowGate(self.transport, progress=self.resetTimeout)
             self.flow.attach()
             self.state = "TRANSACTION"
             self.factory.login_delay.record(account)
@@ -345,10 +371,19 @@ class POP3Server(LineProtocol):
         self.transport.writeSequence((OK, b" ", size_line.encode("ascii"), b"\r\n",
                                       stuffer.feed(data), stuffer.finish()))
 
+    def _closing(self, flow: FlowGate) -> bool:
+        """The connection is closing or lost: nothing more is sent."""
+        return self.transport is None or self.transport.disconnecting or flow.stopped
+
     def _send_message(self, number: int, info: MessageInfo, size_line: str,
                       body_lines: int | None) -> Any:
         maildrop, flow, read_ahead = self.maildrop, self.flow, self.read_ahead
         assert maildrop is not None and flow is not None and read_ahead is not None
+
+        def sent() -> None:
+            if body_lines is None:
+                maildrop.retrieved.add(number)  # marked \\Seen when the session ends
+
         if info.size <= SMALL_MESSAGE:
             # Read whole in the store's thread (for RETR with the messages
             # of the RETRs pipelined behind it), written at once.
@@ -357,18 +392,31 @@ class POP3Server(LineProtocol):
                     return read_ahead.read(number, self._pipelined_retrs())
                 return maildrop.session.read_message(info.uid)
 
-            d: Any = flow.wait().addCallback(read).addCallback(
-                lambda data: self._write_whole(size_line, data, body_lines))
+            def write(data: bytes) -> None:
+                if self._closing(flow):
+                    return  # closed (idle timeout, shutdown) during the read
+                self._write_whole(size_line, data, body_lines)
+                sent()
+
+            d: Any = flow.wait().addCallback(read).addCallback(write)
         else:
             # Streamed through a pull producer, which takes the gate's place
             # with the transport meanwhile.
             def stream(file: Any) -> Any:
+                if self._closing(flow):
+                    file.close()
+                    return None
+                producer = MessageProducer(file, self.transport, Stuffer(body_lines),
+                                           progress=self.resetTimeout)
+                producer.prime()  # a file that cannot be read: -ERR, not +OK
                 flow.detach()
                 self.send(OK, size_line)
-                return MessageProducer(file, self.transport, Stuffer(body_lines)).start()
+                self.streaming = producer
+                return producer.start().addCallback(lambda _: sent())
 
             def reattach(result: Any) -> Any:
-                if self.flow is flow and not self.transport.disconnecting:
+                self.streaming = None
+                if self.flow is flow and not self._closing(flow):
                     flow.attach()
                 return result
 
@@ -376,9 +424,24 @@ class POP3Server(LineProtocol):
             d.addCallback(stream).addBoth(reattach)
 
         def failed(failure: Any) -> None:
-            if (self.transport is None or self.transport.disconnecting or flow.stopped
-                    or failure.check(ConnectionError, ConnectionDone)):
+            if failure.check(MessageCutShort):
+                # Part of the message is out: neither a terminator nor -ERR
+                # may follow (the client would read them as message lines),
+                # so the client must see the connection close.
+                self.log.failure("{listener}: reading message {uid} while sending it",
+                                 failure.value.cause, listener=self.context.listener.name,
+                                 uid=info.uid)
+                self.disconnect()
+                return
+            if self._closing(flow) or failure.check(ConnectionError, ConnectionDone):
                 return  # the connection is gone; nothing to answer
+            if failure.check(NoSuchMessage):
+                # Expunged by another session (IMAP) or program since the
+                # login: an ordinary event, not worth a traceback.
+                self.log.info("{listener}: message {uid} removed by another session",
+                              listener=self.context.listener.name, uid=info.uid)
+                self.send(ERR, "[SYS/TEMP] message removed by another session")
+                return
             self.log.failure("{listener}: reading message {uid}", failure,
                              listener=self.context.listener.name, uid=info.uid)
             self.send(ERR, "[SYS/TEMP] cannot read the message")
@@ -389,11 +452,15 @@ class POP3Server(LineProtocol):
         """
         The message numbers of the RETR commands received after the one
         being answered and not read yet (they wait in C{LineReceiver}'s
-        buffer while this one is served), lazily, in order.
+        buffer while this one is served), lazily, in order, among the next
+        L{LOOK_AHEAD} commands.
         """
         buffer = self._buffer
         start = 0
-        while (end := buffer.find(b"\r\n", start)) >= 0:
+        for _ in range(LOOK_AHEAD):
+            end = buffer.find(b"\r\n", start)
+            if end < 0:
+                break
             verb, _, arg = buffer[start:end].partition(b" ")
             start = end + 2
             if verb.upper() == b"RETR":
@@ -407,13 +474,13 @@ class POP3Server(LineProtocol):
         if maildrop is None or found is None:
             return None
         number, info = found
-        maildrop.retrieved.add(number)  # marked \\Seen when the session ends
         size_line = f"{info.size} octets"
         assert self.read_ahead is not None
         data = self.read_ahead.take(number)
         if data is not None:
             # Read ahead with an earlier RETR: answered now, no thread hop.
             self._write_whole(size_line, data, None)
+            maildrop.retrieved.add(number)  # marked \\Seen when the session ends
             return None
         return self._send_message(number, info, size_line, None)
 
@@ -475,15 +542,31 @@ class POP3Server(LineProtocol):
         return self.serialize(d)
 
     def disconnect(self) -> None:
-        # A registered producer would keep a TLS transport from closing.
-        if self.flow is not None and self.transport is not None:
+        # A registered producer would keep a TLS transport from closing; a
+        # message being streamed would go on being sent after our last
+        # words (the transport pulls its producer until it is done).
+        if self.transport is None or self.transport.disconnecting:
+            return
+        if self.flow is not None:
             self.flow.detach(closing=True)
         super().disconnect()
+        if self.streaming is not None:
+            # After the transport is closing: the command's end then reads
+            # no further pipelined command.
+            self.streaming.stop()
 
     def connectionLost(self, reason: Any = None) -> None:
-        # A dropped connection deletes nothing (RFC 1939 section 6).
+        # A dropped connection deletes nothing (RFC 1939 section 6).  What
+        # is under way (a read in the store's thread, a wait for the
+        # client, a message being streamed) ends without a word: the
+        # transport may not have stopped our producers itself.
+        if self.flow is not None:
+            self.flow.stopProducing()
+        if self.streaming is not None:
+            self.streaming.stopProducing()
         if self.read_ahead is not None:
-            self.read_ahead.clear()
+            self.read_ahead.close()
+        self._buffer = b""  # no command runs after the end
         maildrop, self.maildrop = self.maildrop, None
         if maildrop is not None:
             maildrop.close()

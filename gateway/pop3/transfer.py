@@ -8,6 +8,8 @@ keeps with CRLF line ends), it returns the bytes to send.  For TOP it stops
 after the header and C{n} body lines (RFC 1939 section 7).  L{MessageProducer}
 pushes a file through it to the transport as a pull producer, so a large
 message is never in memory whole and a slow client is not flooded.
+A read that fails once part of the message is out ends it with
+L{MessageCutShort}: the protocol must then close the connection.
 L{FlowGate} tells the protocol when the transport has sent what it was
 given, so that messages sent whole are not piled up for a client that does
 not read.
@@ -15,11 +17,13 @@ not read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPullProducer, IPushProducer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 CHUNK = 64 * 1024
@@ -87,22 +91,74 @@ class Stuffer:
         return (b"" if self.at_line_start else b"\r\n") + b".\r\n"
 
 
+class MessageCutShort(Exception):
+    """
+    Reading the message failed after part of it was sent: the reply can be
+    neither finished nor followed by C{-ERR} (the client would read either
+    as message lines), so the connection must close.
+
+    @ivar cause: the read's L{Failure}, for the log.
+    """
+
+    def __init__(self, cause: Failure) -> None:
+        super().__init__("reading the message failed while sending it")
+        self.cause = cause
+
+
 @implementer(IPullProducer)
 class MessageProducer:
-    """Stream one file through a L{Stuffer} to a transport."""
+    """
+    Stream one file through a L{Stuffer} to a transport.
 
-    def __init__(self, file: IO[bytes], transport: Any, stuffer: Stuffer) -> None:
+    @param progress: called each time the transport asks for more, that
+        is, the client has taken what was sent (the protocol's idle timer).
+    """
+
+    def __init__(self, file: IO[bytes], transport: Any, stuffer: Stuffer,
+                 progress: Callable[[], object] | None = None) -> None:
         self.file = file
         self.transport = transport
         self.stuffer = stuffer
+        self.progress = progress
         self.deferred: Deferred[None] = Deferred()
+        self._first: bytes | None = None
+
+    def prime(self) -> None:
+        """
+        Read the first chunk now, before the caller sends its C{+OK}: a file
+        that cannot be read at all is then an ordinary C{-ERR}, not a reply
+        cut short.
+
+        @raise OSError: the read failed; the file is closed.
+        """
+        try:
+            self._first = self.file.read(CHUNK)
+        except BaseException:
+            self.file.close()
+            raise
 
     def start(self) -> Deferred[None]:
+        """
+        @return: fires once the terminator is written; errback
+            L{MessageCutShort} if a read failed, C{ConnectionError} if the
+            connection was lost or L{stop} was called.
+        """
         self.transport.registerProducer(self, False)
         return self.deferred
 
     def resumeProducing(self) -> None:
-        chunk = self.file.read(CHUNK) if not self.stuffer.done else b""
+        if self.deferred.called:
+            return
+        if self.progress is not None:
+            self.progress()
+        try:
+            if self._first is not None:
+                chunk, self._first = self._first, None
+            else:
+                chunk = self.file.read(CHUNK) if not self.stuffer.done else b""
+        except Exception:
+            self._end(MessageCutShort(Failure()))
+            return
         if chunk:
             data = self.stuffer.feed(chunk)
             if data:
@@ -114,6 +170,10 @@ class MessageProducer:
 
     def stopProducing(self) -> None:
         self._end(ConnectionError("connection lost while sending a message"))
+
+    def stop(self) -> None:
+        """The protocol closes the connection: send no more, close the file."""
+        self._end(ConnectionError("connection closed while sending a message"))
 
     def _end(self, error: Exception | None) -> None:
         if self.deferred.called:
@@ -139,8 +199,9 @@ class FlowGate:
     closing (and before registering another producer).
     """
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: Any, progress: Callable[[], object] | None = None) -> None:
         self.transport = transport
+        self.progress = progress  # called when the transport has sent its buffer
         self.attached = False
         self.paused = False
         self.stopped = False
@@ -183,6 +244,8 @@ class FlowGate:
 
     def resumeProducing(self) -> None:
         self.paused = False
+        if self.progress is not None:
+            self.progress()
         self._release()
 
     def stopProducing(self) -> None:
