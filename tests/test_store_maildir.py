@@ -693,3 +693,25 @@ class OpenMessageTests(MaildirTestCase):
                           os.path.join(self.inbox, "cur", base + ":2,S"))
         with self.ok(session.open_message(uid)) as f:
             self.assertEqual(f.read(), before)
+
+    def test_read_messages_leaves_out_an_unreadable_file(self) -> None:
+        """One file that cannot be read (permissions, EIO) does not fail the
+        batch: the others are read, and read_message, asked for it alone,
+        says what is wrong."""
+        for n in range(3):
+            self.ok(self.store.deliver([ALICE], MESSAGE + b"%d\n" % n))
+        session = self.open()
+        uids = [info.uid for info in session.messages()]
+        bad = os.path.basename(self.ok(session.open_message(uids[1])).name).split(":")[0]
+        real = self.store.fs.open_read
+
+        def open_read(path: str) -> Any:
+            if bad in path:
+                raise PermissionError(errno.EACCES, "injected", path)
+            return real(path)
+
+        self.store.fs.open_read = open_read  # type: ignore[method-assign]
+        found = self.ok(session.read_messages(uids))
+        self.assertEqual(sorted(found), [uids[0], uids[2]])
+        self.assertTrue(found[uids[2]].endswith(b"2\r\n"))
+        self.failureResultOf(session.read_message(uids[1]), PermissionError)

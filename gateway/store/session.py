@@ -222,8 +222,8 @@ class MaildirSession:
         """
         One worker call reads every message whose file is where the index
         saw it, without the account's lock (as L{read_message}'s fast
-        path); the others are left out, for L{read_message} to find or
-        explain.
+        path); the others (moved, or unreadable) are left out, for
+        L{read_message} to find or explain.
         """
         if self._closed:
             return fail(RuntimeError("the session is closed"))
@@ -238,8 +238,11 @@ class MaildirSession:
                 try:
                     with open_read(path) as f:
                         found[uid] = f.read()
-                except FileNotFoundError:
-                    pass  # moved meanwhile: read_message takes the locked path
+                except OSError:
+                    # Moved meanwhile (read_message takes the locked path),
+                    # or unreadable: read_message, asked for it alone, says
+                    # why, and one bad file fails no other message's read.
+                    pass
             return found
 
         return self._store._run(read_all, paths)
