@@ -8,7 +8,12 @@ replace today's files without touching a protocol.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from gateway.auth.verifiers import OTPState
 
 
 class IAuthBackend(Interface):
@@ -91,7 +96,7 @@ class IOTPReinitialisation(Interface):
     """
 
     def otp_reinitialise(  # type: ignore[no-untyped-def]
-        account: str, sequence: int, key: bytes, state: object
+        account: str, sequence: int, key: bytes, state: OTPState
     ):
         """
         Atomically replace the stored OTP state of C{account} by C{state} if

@@ -119,7 +119,8 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
     def __init__(self, context: ListenerContext) -> None:
         self.context = context
         self.MAX_LENGTH = context.limits.max_line_length
-        self.callLater = context.clock.callLater  # TimeoutMixin's clock
+        # TimeoutMixin's clock: the attribute it documents for replacing.
+        self.callLater = context.clock.callLater  # type: ignore[method-assign, assignment]
         self.encrypted = False
         self.tls_pending = False
         self.bad_commands = 0
@@ -512,7 +513,8 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         )
         self._pause()
         d = self.exchange.begin(initial)
-        d.addCallback(self._authenticated).addCallback(finish)
+        d.addCallback(self._authenticated)
+        d.addCallback(finish)
         d.addErrback(self._internal_error)
         d.addBoth(self._resume)
         return None
@@ -678,7 +680,12 @@ class ConnectionLimitingFactory(Factory):
                 conn.transport.abortConnection()
 
         timer = self.context.clock.callLater(timeout, abort_rest)
-        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        def stop_timer(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(stop_timer)
         if not self.connections:
             self.connection_closed()
         return d

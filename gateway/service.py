@@ -26,13 +26,13 @@ import signal
 import threading
 from collections.abc import Callable
 from queue import SimpleQueue
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IReactorFromThreads
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -143,7 +143,7 @@ class GatewayService(service.MultiService):
             from twisted.internet import reactor
 
             def on_hup(signum: int, frame: Any) -> None:
-                reactor.callFromThread(self.reload)
+                cast(IReactorFromThreads, reactor).callFromThread(self.reload)
 
             self._previous_hup = signal.signal(signal.SIGHUP, on_hup)
 

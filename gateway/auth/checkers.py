@@ -19,6 +19,9 @@ same time.  The reactor never waits: delays are L{deferLater} on the clock.
 
 Twisted's own C{APOPCredentials} compares C{str} with C{bytes} on Python 3
 and so never matches; ours compares bytes with L{hmac.compare_digest}.
+Twisted's type hints make avatar ids C{bytes}; ours are the C{str} account
+names, which the portal hands to the realm unchanged (hence the
+C{type: ignore[override]} on each C{requestAvatarId}).
 """
 
 from __future__ import annotations
@@ -28,14 +31,22 @@ import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NoReturn, Union
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    FirstError,
+    fail,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, implementer
 
 from gateway.auth.sasl.base import Failed, Proven
@@ -111,7 +122,7 @@ class ThrottledLogin:
                 return fail(UnauthorizedLogin("Authentication failed"))
             return deferLater(self.throttle.clock, delay, _refuse)
 
-        def broken(f: Any) -> None:
+        def broken(f: Any) -> NoReturn:
             # The directory failed: not the client's fault, not counted.
             _log.failure("checking a login from {address}", f, address=address)
             raise TemporarilyRefused()
@@ -159,7 +170,8 @@ class SASLOutcomeChecker(_ThrottledChecker):
 
     credentialInterfaces = (IAuthAttempt,)
 
-    def requestAvatarId(self, credentials: AuthAttempt) -> Deferred[str]:
+    def requestAvatarId(  # type: ignore[override]  # (str avatar ids: module docstring)
+            self, credentials: AuthAttempt) -> Deferred[str]:
         step = credentials.step
         if isinstance(step, Failed):
             _log.info("{mechanism} failed from {address} for {account}: {reason}",
@@ -178,7 +190,11 @@ class SASLOutcomeChecker(_ThrottledChecker):
         if acting != step.authcid:
             checks.append(self._backend.may_act_as(step.authcid, acting))
         d = gatherResults(checks, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure)  # the directory's own error
+        def directory_error(f: Failure) -> Failure:
+            assert isinstance(f.value, FirstError)
+            return f.value.subFailure
+
+        d.addErrback(directory_error)
         return d.addCallback(lambda ok: acting if all(ok) else None)
 
 
@@ -212,7 +228,8 @@ class APOPChecker(_ThrottledChecker):
 
     credentialInterfaces = (IAPOPCredentials,)
 
-    def requestAvatarId(self, credentials: APOPCredentials) -> Deferred[str]:
+    def requestAvatarId(  # type: ignore[override]  # (str avatar ids: module docstring)
+            self, credentials: APOPCredentials) -> Deferred[str]:
         name = _text(credentials.username) or ""
 
         def verify() -> Deferred[str | None]:
@@ -254,7 +271,8 @@ class PlainPasswordChecker(_ThrottledChecker):
 
     credentialInterfaces = (IPlainPasswordCredentials,)
 
-    def requestAvatarId(self, credentials: PlainPasswordCredentials) -> Deferred[str]:
+    def requestAvatarId(  # type: ignore[override]  # (str avatar ids: module docstring)
+            self, credentials: PlainPasswordCredentials) -> Deferred[str]:
         name = _text(credentials.username) or ""
         fingerprint = password_fingerprint(name, credentials.password)
         return self._login.attempt(

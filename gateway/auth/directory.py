@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -80,12 +81,10 @@ class FileDirectory:
                  log: Logger | None = None) -> None:
         if certificate_rule not in CERTIFICATE_RULES:
             raise ValueError(f"certificate_rule must be one of {CERTIFICATE_RULES}")
-        if run_in_thread is None:
-            from twisted.internet.threads import deferToThread as run_in_thread
         self._file = users_file
         self._default_domain = canonical(default_domain) if default_domain else None
         self._rule = certificate_rule
-        self._run: Callable[..., Deferred[Any]] = run_in_thread
+        self._run: Callable[..., Deferred[Any]] = run_in_thread or deferToThread
         self._log = log or Logger()
         self._lock = DeferredLock()
         self._table, self._seen = users_file.load_with_signature()
@@ -336,7 +335,7 @@ class FileDirectory:
 
         @return: the running L{LoopingCall}; stop it on shutdown.
         """
-        def poll() -> Deferred[None]:
+        def poll() -> Deferred[Any]:
             def compare(sig: Signature | None) -> Deferred[bool] | None:
                 return self.reload() if sig != self._seen else None
 

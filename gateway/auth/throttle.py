@@ -52,6 +52,7 @@ from typing import Any, Union
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from gateway.auth.files import atomic_write, locked
@@ -336,9 +337,11 @@ class Throttle:
             entries.popleft()
         return len(entries)
 
-    def _forget(self, addr: str, acct: str) -> None:
+    def _forget(self, addr: str, acct: str | None) -> None:
         self._pairs.pop((addr, acct), None)
-        for table, key, other in ((self._addresses, addr, acct), (self._accounts, acct, addr)):
+        sides: tuple[tuple[dict[Any, Any], Any, Any], ...] = (
+            (self._addresses, addr, acct), (self._accounts, acct, addr))
+        for table, key, other in sides:
             entries = table.get(key)
             if entries is not None:
                 kept = [e for e in entries if e[1] != other]
@@ -349,7 +352,8 @@ class Throttle:
         if now - self._last_prune >= min(60.0, self.settings.window_seconds):
             self.prune()
         cap = self.settings.max_tracked
-        for table in (self._pairs, self._addresses, self._accounts):
+        tables: tuple[dict[Any, Any], ...] = (self._pairs, self._addresses, self._accounts)
+        for table in tables:
             while len(table) > cap:
                 del table[next(iter(table))]
         if len(self._bans) > cap:
@@ -413,11 +417,9 @@ class Throttle:
 
         @return: the running L{LoopingCall}; stop it on shutdown.
         """
-        if run_in_thread is None:
-            from twisted.internet.threads import deferToThread as run_in_thread
-        runner = run_in_thread
+        runner = run_in_thread or deferToThread
 
-        def tick() -> Deferred[None]:
+        def tick() -> Deferred[Any]:
             mine = self.bans()
             d = runner(sync_ban_file, path, mine, dict(self._synced), self.clock.seconds())
             d.addCallback(self._adopt, mine)

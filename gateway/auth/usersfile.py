@@ -203,7 +203,7 @@ class _Reader:
         scram = []
         if self.obj(obj.get("scram", {}), at + ("scram",), set(ALGORITHMS)):
             for alg, k in obj.get("scram", {}).items():
-                w = at + ("scram", alg)
+                w: tuple[str, ...] = at + ("scram", alg)
                 if alg in ALGORITHMS and self.obj(k, w, {"salt", "iterations", "stored_key",
                                                          "server_key"}):
                     scram.append(ScramKeys(

@@ -125,11 +125,12 @@ def saslprep(text: str) -> str:
 
 def _prepared_password(password: bytes | str) -> bytes:
     if isinstance(password, bytes):
+        octets = password
         try:
-            password = password.decode("utf-8")
+            password = octets.decode("utf-8")
         except UnicodeDecodeError:
             # Not UTF-8: no SASLprep possible, use the octets as they are.
-            return password
+            return octets
     try:
         return saslprep(password).encode("utf-8")
     except SASLprepError:

@@ -103,7 +103,7 @@ class Spool:
 
     def pending(self) -> list[dict[str, Any]]:
         """The committed envelopes (for tests and the future queue); blocking."""
-        out = []
+        out: list[dict[str, Any]] = []
         try:
             names = self.fs.listdir(self.new)
         except FileNotFoundError:

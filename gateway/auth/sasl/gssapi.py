@@ -34,7 +34,7 @@ try:
     import gssapi as _gssapi
     from gssapi import exceptions as _gss_exceptions  # noqa: F401 (loads gssapi.exceptions)
 except ImportError:  # the optional dependency is absent
-    _gssapi = None
+    _gssapi = None  # type: ignore[assignment]  # (the usual optional import)
 
 #: RFC 4752 section 3.3: the security layer bit for "no security layer".
 NO_SECURITY_LAYER = 0x01
@@ -237,7 +237,9 @@ class GSSAPI(Mechanism):
                 return self.failed(f"{principal!r} maps to no account", authcid=principal)
             return authorize(self, account, authzid, principal)
 
-        d: Deferred[str | None] = maybeDeferred(self._map, principal, server_realm)
+        # (maybeDeferred's overloads take no union of a value and a Deferred)
+        d: Deferred[str | None] = maybeDeferred(  # type: ignore[call-overload]
+            self._map, principal, server_realm)
         return d.addCallback(mapped)
 
 

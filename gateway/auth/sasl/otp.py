@@ -208,7 +208,8 @@ class OTP(Mechanism):
             d = backend.otp_advance(state.account, state.sequence - 1, current)
             return d.addCallback(lambda _: self.failed(refused, authcid=self._authcid))
         replacement = OTPState(state.account, new.algorithm, new.seed, new.sequence, new.key)
-        d = backend.otp_reinitialise(state.account, state.sequence - 1, current, replacement)
+        d = IOTPReinitialisation(backend).otp_reinitialise(
+            state.account, state.sequence - 1, current, replacement)
         return d.addCallback(self._stored, state.account)
 
     def _stored(self, won: bool, account: str) -> Deferred[Step] | Step:
