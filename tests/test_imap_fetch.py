@@ -245,6 +245,12 @@ class StreamTests(SynchronousTestCase):
         session.read_message, session.open_message = spy_read, spy_open
         return proto, t, calls
 
+    def fetched(self, proto: Any, t: Any, command: bytes) -> dict[bytes, Any]:
+        """The items of message 1 in the response to C{command}."""
+        out = wire(proto, t, command)
+        self.assertIn(b"a OK FETCH completed", out)
+        return parse_fetch(out[:out.rindex(b"a OK")])[1]
+
     def test_whole_message(self) -> None:
         message = large(1)
         self.assertGreater(len(message), fetch.STREAM_SIZE)
@@ -260,8 +266,7 @@ class StreamTests(SynchronousTestCase):
     def test_rfc822_sets_seen(self) -> None:
         message = large(2)
         proto, t, calls = self.connect((message,))
-        out = wire(proto, t, b"a FETCH 1 RFC822")
-        found = parse_fetch(out[:out.rindex(b"a OK")])[1]
+        found = self.fetched(proto, t, b"a FETCH 1 RFC822")
         self.assertEqual(found[b"RFC822"], message)
         self.assertIn(b"\\Seen", found[b"FLAGS"])
         self.assertEqual(calls, [("open", 1)])
@@ -279,8 +284,7 @@ class StreamTests(SynchronousTestCase):
     def test_other_items_read_it_whole(self) -> None:
         message = large(4)
         proto, t, calls = self.connect((message,))
-        out = wire(proto, t, b"a FETCH 1 (ENVELOPE BODY.PEEK[])")
-        found = parse_fetch(out[:out.rindex(b"a OK")])[1]
+        found = self.fetched(proto, t, b"a FETCH 1 (ENVELOPE BODY.PEEK[])")
         self.assertEqual(found[b"BODY[]"], message)
         self.assertEqual(calls, [("read", 1)])
 

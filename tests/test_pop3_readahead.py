@@ -37,6 +37,21 @@ def wire(i: int, size: int = 2000) -> bytes:
             + message(i, size).replace(b"\r\n.dot", b"\r\n..dot") + b".\r\n")
 
 
+
+def login_bob(clock: Clock, store: Any, transport: Any = None) -> tuple[Any, Any]:
+    """A POP3S connection logged in as bob over C{store}; over C{transport}
+    if given (the same connection over a transport with flow control)."""
+    proto, t = connect(POP3Factory, "pop3", tls="implicit", clock=clock)
+    if transport is not None:
+        proto.transport = t = transport
+    proto.context.extras["store"] = store
+    proto.handshakeCompleted()
+    lines(t)
+    proto.dataReceived(b"USER bob@example.edu\r\nPASS battery staple\r\n")
+    reply = lines(t)
+    assert reply[-1].startswith(b"+OK logged in"), reply
+    return proto, t
+
 class SessionSpy:
     """Records the reads a session is asked for, and does them."""
 
@@ -98,15 +113,7 @@ class ReadAheadTests(SynchronousTestCase):
             self.successResultOf(self.store.deliver([BOB], message(i)))
 
     def login(self, transport: Any = None) -> tuple[Any, Any, SessionSpy]:
-        proto, t = connect(POP3Factory, "pop3", tls="implicit", clock=self.clock)
-        if transport is not None:
-            # The same connection over a transport with flow control.
-            proto.transport = t = transport
-        proto.context.extras["store"] = self.store
-        proto.handshakeCompleted()
-        lines(t)
-        proto.dataReceived(b"USER bob@example.edu\r\nPASS battery staple\r\n")
-        self.assertTrue(lines(t)[-1].startswith(b"+OK logged in"))
+        proto, t = login_bob(self.clock, self.store, transport)
         spy = SessionSpy(proto.maildrop.session)
         proto.maildrop.session = spy
         return proto, t, spy

@@ -24,15 +24,15 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.pop3.protocol import SMALL_MESSAGE, POP3Factory, uidl
+from gateway.pop3.protocol import SMALL_MESSAGE, uidl
 from gateway.pop3.readahead import READ_AHEAD
 from gateway.pop3.transfer import CHUNK, FlowGate, MessageCutShort, MessageProducer, Stuffer
 from gateway.store.fs import FileSystem
 from gateway.store.maildir import MaildirStore
 from gateway.testing import MemoryStore
-from tests.test_pop3_readahead import PacedTransport, SessionSpy, message
+from tests.test_pop3_readahead import PacedTransport, SessionSpy, login_bob, message
 from tests.test_pop3_transaction import send
-from tests.test_protocols import connect, lines
+from tests.test_protocols import lines
 
 BOB = "bob@example.edu"
 IDLE = 600.0  # Limits().idle_timeout_pop3
@@ -217,14 +217,7 @@ class Mixin:
             self.successResultOf(self.store.deliver([BOB], data))
 
     def login(self, transport: Any = None) -> tuple[Any, Any]:
-        proto, t = connect(POP3Factory, "pop3", tls="implicit", clock=self.clock)
-        if transport is not None:
-            proto.transport = t = transport
-        proto.context.extras["store"] = self.store
-        proto.handshakeCompleted()
-        lines(t)
-        proto.dataReceived(b"USER bob@example.edu\r\nPASS battery staple\r\n")
-        self.assertTrue(lines(t)[-1].startswith(b"+OK logged in"))
+        proto, t = login_bob(self.clock, self.store, transport)
         if transport is not None:
             transport.most = 0
         return proto, t

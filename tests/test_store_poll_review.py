@@ -63,6 +63,16 @@ class ReviewTestCase(IdleTestCase):
         [name] = [n for n in files(os.path.join(self.inbox, "cur")) if n.startswith(key)]
         return name
 
+    def assert_quiet(self, session: Any, calls: list[None]) -> None:
+        """Once the directories settle, further polls report nothing more
+        (C{calls} holds the one report already seen)."""
+        self.settle()
+        for _ in range(3):
+            self.clock.advance(1)
+        self.assertEqual(len(calls), 1)
+        again = self.ok(session.sync())
+        self.assertEqual((again.added, again.expunged, again.flags), ((), (), ()))
+
 
 class SameTickTests(ReviewTestCase):
     """
@@ -195,12 +205,7 @@ class ClosedIndexTests(ReviewTestCase):
         self.assertEqual(([(m.uid, m.key) for m in changes.added], changes.expunged,
                           [(m.uid, m.key, m.flags) for m in changes.flags]),
                          ([(3, "ext.3")], (2,), [(1, first, {"\\Answered", "\\Seen"})]))
-        self.settle()
-        for _ in range(3):
-            self.clock.advance(1)
-        self.assertEqual(len(calls), 1)
-        again = self.ok(session.sync())
-        self.assertEqual((again.added, again.expunged, again.flags), ((), (), ()))
+        self.assert_quiet(session, calls)
         status = self.ok(self.store.status(ALICE, "INBOX"))
         self.assertEqual((status.uidvalidity, status.uidnext), (uidvalidity, 4))
 
@@ -225,12 +230,7 @@ class ClosedIndexTests(ReviewTestCase):
         self.assertEqual(([m.uid for m in changes.added], changes.expunged,
                           [(m.uid, m.flags) for m in changes.flags]),
                          ([3], (2,), [(1, {"$Done"})]))
-        self.settle()
-        for _ in range(3):
-            self.clock.advance(1)
-        self.assertEqual(len(calls), 1)
-        again = self.ok(session.sync())
-        self.assertEqual((again.added, again.expunged, again.flags), ((), (), ()))
+        self.assert_quiet(session, calls)
         self.ok(self.store.deliver([ALICE], MESSAGE))
         self.assertEqual([m.uid for m in self.ok(session.sync()).added], [4])
 
@@ -302,13 +302,17 @@ class CloseRaceTests(ReviewTestCase):
     def run_all(self) -> None:
         self.runner.run_all()
 
-    def test_not_closed_under_a_running_read(self) -> None:
+    def delivered_session(self) -> Any:
+        """One message delivered to ALICE, and a session on her INBOX."""
         d = self.store.deliver([ALICE], MESSAGE)
         self.run_all()
         self.ok(d)
         opened = self.store.open_folder(ALICE, "INBOX")
         self.run_all()
-        session = self.ok(opened)
+        return self.ok(opened)
+
+    def test_not_closed_under_a_running_read(self) -> None:
+        session = self.delivered_session()
         # A read that needs the lock (the file moved: the locked path).
         cur = os.path.join(self.inbox, "cur")
         [name] = files(cur)
@@ -328,12 +332,7 @@ class CloseRaceTests(ReviewTestCase):
     def test_reopen_racing_a_close(self) -> None:
         """A call made while the close waits for its worker runs after it
         and opens the index again; nothing is lost."""
-        d = self.store.deliver([ALICE], MESSAGE)
-        self.run_all()
-        self.ok(d)
-        opened = self.store.open_folder(ALICE, "INBOX")
-        self.run_all()
-        session = self.ok(opened)
+        session = self.delivered_session()
         uidvalidity = session.uidvalidity
         past = time.time_ns() - 100 * 10**9
         for sub in ("new", "cur"):
