@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, cast
@@ -196,6 +197,11 @@ class ThreadRunner:
     before) when the reactor shuts down.
     """
 
+    #: How long L{stop} waits, at shutdown, for the work queued before it
+    #: (deliveries being fsynced); a thread stuck longer (a hung NFS
+    #: server) is left behind, logged: the process exits all the same.
+    STOP_WAIT = 60.0
+
     def __init__(self, reactor: Any, size: int = 10) -> None:
         self._reactor = reactor
         self._size = size
@@ -236,14 +242,20 @@ class ThreadRunner:
                 call(d.callback, result)
             del item, d, f, args, kwargs  # hold nothing while idle
 
-    def stop(self) -> None:
-        """Let the threads finish what was queued, then end them."""
+    def stop(self, wait: float | None = None) -> None:
+        """Let the threads finish what was queued, then end them; after
+        C{wait} seconds (L{STOP_WAIT}) in all, leave those still busy."""
         self._stopped = True
         threads, self._threads = self._threads, []
         for _ in threads:
             self._queue.put(None)
+        deadline = time.monotonic() + (self.STOP_WAIT if wait is None else wait)
         for thread in threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in threads if t.is_alive()]
+        if stuck:
+            log.warn("{count} worker thread(s) still busy at shutdown, left behind: "
+                      "{names}", count=len(stuck), names=", ".join(stuck))
 
 
 def mail_services(config: GatewayConfig, reactor: Any, directory: FileDirectory,

@@ -8,8 +8,10 @@ directory, the store and the spool (L{ThreadRunner}).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.service import ThreadRunner
@@ -105,3 +107,19 @@ class ThreadRunnerTests(SynchronousTestCase):
         release.set()
         self.runner.stop()
         self.assertEqual(sorted(done), [0, 1, 2, 3])
+
+    def test_stop_does_not_wait_for_ever(self) -> None:
+        """A worker stuck in its call (a hung file system) holds the
+        shutdown only as long as C{stop}'s wait, and is logged."""
+        release = threading.Event()
+        self.addCleanup(release.set)
+        d = self.runner(release.wait, 30)
+        seen: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        started = time.monotonic()
+        self.runner.stop(wait=0.2)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual([e["count"] for e in seen if "count" in e
+                          and "left behind" in str(e.get("log_format"))], [1])
+        self.assertNoResult(d)
