@@ -137,8 +137,11 @@ class IMAPTestCase(SynchronousTestCase):
             marked deleted locally (mbsync C{Expunge Both}); offlineimap only
             sets C{\\Deleted} there, and expunges only what was removed.
         """
-        a, b, c, d, s1, s2, p1, n1, big = (token() for _ in range(9))
+        a, b, c, d, s1, s2, p1, n1, big, down = (token() for _ in range(10))
         box.gw.deliver([message(m, to=box.account) for m in (a, b, c, d)], [box.account])
+        # A big message on the gateway's side too: over 256 KiB, its FETCH
+        # BODY.PEEK[] is copied from the file a piece at a time.
+        box.gw.deliver([message(down, to=box.account, body=BIG_BODY)], [box.account])
         local_add(root, "Sent", s1, "S")
         local_add(root, "Projects/2026 Q1", p1)
         local_add(root, "INBOX", big, "F", body=BIG_BODY)
@@ -146,7 +149,7 @@ class IMAPTestCase(SynchronousTestCase):
         self.assertSynced(box, done)
         expected: View = {
             "INBOX": {a: frozenset(), b: frozenset(), c: frozenset(), d: frozenset(),
-                      big: frozenset({"\\Flagged"})},
+                      big: frozenset({"\\Flagged"}), down: frozenset()},
             "Sent": {s1: frozenset({"\\Seen"})},
             "Projects/2026 Q1": {p1: frozenset()},
         }
@@ -158,6 +161,12 @@ class IMAPTestCase(SynchronousTestCase):
         on_gateway = re.sub(rb"\r\nX-TUID: [^\r]*", b"", on_gateway, count=1)
         self.assertSameBytes(on_gateway,
                              local_file(root, "INBOX", big).read_bytes().replace(b"\n", b"\r\n"))
+        # ... and the big one of the gateway's side was downloaded whole.
+        [on_gateway] = gateway_files(box, down)
+        self.assertGreater(len(on_gateway), 256 * 1024)
+        local = local_file(root, "INBOX", down).read_bytes().replace(b"\r\n", b"\n")
+        local = re.sub(rb"\nX-TUID: [^\n]*", b"", local, count=1)  # mbsync's again
+        self.assertSameBytes(local, on_gateway.replace(b"\r\n", b"\n"))
 
         # The gateway's side: a flagged, b seen, c deleted and expunged, a
         # message appended to Sent.
@@ -183,7 +192,7 @@ class IMAPTestCase(SynchronousTestCase):
         self.assertSynced(box, done)
         expected = {
             "INBOX": {a: frozenset({"\\Flagged"}), b: frozenset({"\\Seen"}), n1: frozenset(),
-                      big: frozenset({"\\Flagged"})},
+                      big: frozenset({"\\Flagged"}), down: frozenset()},
             "Sent": {s1: frozenset({"\\Seen", "\\Flagged"}),
                      s2: frozenset({"\\Seen", "\\Answered"})},
             "Projects/2026 Q1": {},
