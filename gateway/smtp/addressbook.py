@@ -33,8 +33,23 @@ class DirectoryAddressBook:
             log.error("aliases not reloaded, keeping the old ones: {why}", why=str(e))
 
     def expand(self, address: str) -> list[str]:
+        """
+        The final addresses of C{address}, without those that are still
+        aliases and no account's: the end of a chain cut at
+        L{gateway.smtp.aliases.MAX_DEPTH}, or an alias naming itself with no
+        mailbox of that name.  Handed to the outbound spool, such an address
+        in a local domain would come back here, and round again for ever.
+        """
         default = self.local_domains[0] if self.local_domains else ""
-        return self.aliases.expand(address, self.local_domains, default)
+        finals = self.aliases.expand(address, self.local_domains, default)
+        kept = [final for final in finals
+                if self.aliases.lookup(final, self.local_domains) is None
+                or self.directory.receiver_of(final) is not None]
+        if len(kept) != len(finals):
+            log.warn("aliases: {address} leads to {dropped}, still aliases without a mailbox "
+                     "(a chain too deep or an alias naming itself): left out",
+                     address=address, dropped=[f for f in finals if f not in kept])
+        return kept
 
     def receiver_of(self, address: str) -> str | None:
         return self.directory.receiver_of(address)

@@ -13,7 +13,9 @@ Format (like C{/etc/aliases})::
 A name without a domain applies to every local domain; a name with a domain
 only to that one (and wins over the bare name).  Targets are addresses
 (local accounts or anywhere else) or other aliases; expansion follows them
-to a fixed depth and refuses loops.  Names and local domains compare
+to a fixed depth and refuses loops; an alias that names itself among its
+targets (C{bob: bob, bob@backup.org}) means its own mailbox as well.  An
+alias wins over an account of the same name.  Names and local domains compare
 case-insensitively.  Every problem of a file is reported at once, with its
 line number.
 """
@@ -98,7 +100,10 @@ class Aliases:
         a bare target takes the domain of the alias it came from.  A chain
         deeper than L{MAX_DEPTH} ends at the address where it was cut; a loop
         adds nothing, so an alias that only loops expands to nothing (the
-        caller refuses it).
+        caller refuses it); an alias among its own targets is itself a final
+        address.  A final address may still be an alias (a chain cut, an
+        alias naming itself): what it leads to is the caller's to decide
+        (L{gateway.smtp.addressbook.DirectoryAddressBook.expand}).
         """
         out: list[str] = []
         seen: set[str] = set()
@@ -115,7 +120,14 @@ class Aliases:
                 return
             domain = addr.rpartition("@")[2] if "@" in addr else default_domain
             for target in targets:
-                walk(target if "@" in target else f"{target}@{domain}", depth + 1)
+                qualified = target if "@" in target else f"{target}@{domain}"
+                if qualified.lower() == key:
+                    # 'bob: bob, bob@backup.org': the alias names its own
+                    # mailbox (the /etc/aliases idiom), a final address.
+                    if key not in (o.lower() for o in out):
+                        out.append(addr)
+                    continue
+                walk(qualified, depth + 1)
 
         walk(address, 0)
         return out

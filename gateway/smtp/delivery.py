@@ -9,7 +9,8 @@ one reply after DATA):
 
 - every copy stored or spooled: 250;
 - nothing stored, and the store refused every local recipient: that refusal
-  (452 4.2.2 over quota, ...), so the client keeps the message;
+  (452 4.2.2 over quota, ...), a temporary one if any was temporary, so the
+  client keeps the message;
 - some copies stored, some refused: 250, and the refused local recipients are
   put in the spool with the rest, so the outbound queue retries or bounces
   them (nothing is lost, and a retrying client does not duplicate the stored
@@ -141,7 +142,7 @@ class Delivery:
         remote: list[str] = []
         for rcpt in envelope.recipients:
             for final in self.resolver.expand(rcpt):
-                account = self.resolver.receiver_of(final) if "@" in final else None
+                account = self.resolver.receiver_of(final)
                 if account is not None:
                     local.setdefault(account, final)
                 elif final.lower() not in (r.lower() for r in remote):
@@ -160,8 +161,12 @@ class Delivery:
                 log.info("{id}: {account} refused by the store: {why}", id=envelope.queue_id,
                          account=account, why=error.text)
             if local and not report.stored and not remote:
-                # Nothing taken: hand the store's verdict to the client.
-                first = next(iter(report.refused.values()))
+                # Nothing taken: hand the store's verdict to the client.  A
+                # temporary refusal wins over a permanent one: a 5xx would
+                # make the client bounce the message for every recipient,
+                # also for those who may take it later (a full mailbox).
+                refusals = list(report.refused.values())
+                first = next((e for e in refusals if e.temporary), refusals[0])
                 return Reply(first.code, first.enhanced, first.text)
             spooled = remote + retry
             settled = (dsn_.settle(envelope.dsn, envelope.recipients, self.resolver,

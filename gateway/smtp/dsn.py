@@ -263,12 +263,17 @@ def settle(transaction: Transaction, recipients: Iterable[str], resolver: Resolv
     for rcpt in recipients:
         params = transaction.of(rcpt)
         finals = resolver.expand(rcpt)
+        # One report per recipient: the same address given twice (in any
+        # case: the directory does not tell them apart) got one copy.
+        first_time = rcpt.lower() not in reported
+        reported.add(rcpt.lower())
         if len(finals) > 1:
             inherited = params.notify
             if inherited is not None and "SUCCESS" in inherited:
                 rest = tuple(c for c in inherited if c != "SUCCESS")
                 inherited = rest or ("NEVER",)
-                successes.append(Status(rcpt, "expanded", params.original_recipient))
+                if first_time:
+                    successes.append(Status(rcpt, "expanded", params.original_recipient))
             params = RecipientParameters(inherited, params.orcpt)
         for final in finals:
             key = final.lower()
@@ -276,10 +281,9 @@ def settle(transaction: Transaction, recipients: Iterable[str], resolver: Resolv
                 if key not in records:
                     records[key] = {"address": final, **params.record(), "rcpt": rcpt}
                 continue
-            account = resolver.receiver_of(final) if "@" in final else None
+            account = resolver.receiver_of(final)
             if (len(finals) == 1 and account is not None and account in stored
-                    and params.wants("SUCCESS") and rcpt not in reported):
-                reported.add(rcpt)
+                    and params.wants("SUCCESS") and first_time):
                 successes.append(Status(final, "delivered", params.original_recipient))
     spool = None
     if any(r["notify"] is not None or r["orcpt"] is not None for r in records.values()) \
@@ -359,7 +363,9 @@ def success_report(*, hostname: str, sender: str, queue_id: str, envid: str | No
         f"Message-ID: <{queue_id}.{int(now)}.dsn@{hostname}>",
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="{boundary}"',
+        # RFC 6522 section 3: report-type names the second part's subtype.
+        f"Content-Type: multipart/report; report-type={report_type.partition('/')[2]};"
+        f'\r\n\tboundary="{boundary}"',
     ]
     if international:
         top.append("Content-Transfer-Encoding: 8bit")

@@ -43,6 +43,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.smtp.address import ace, canonical_recipient
+
 SUBMISSION_ROLES = ("submission", "submissions")
 
 
@@ -107,8 +109,9 @@ def _accept(rule: str, text: str = "OK") -> Decision:
 
 
 def domain_of(address: str) -> str:
-    """The domain part, lower case; empty for C{postmaster} and the null path."""
-    return address.rpartition("@")[2].lower().rstrip(".") if "@" in address else ""
+    """The domain part in its comparable form (L{ace}: lower case, no
+    trailing dot, A-labels); empty for C{postmaster} and the null path."""
+    return ace(address.rpartition("@")[2]) if "@" in address else ""
 
 
 def _trusted(settings: PolicySettings, client: str) -> bool:
@@ -141,12 +144,20 @@ def check_sender(settings: PolicySettings, book: AddressBook, session: Session,
 
 def check_recipient(settings: PolicySettings, book: AddressBook, session: Session,
                     recipient: str, accepted_so_far: int) -> Decision:
-    """Decide one RCPT TO, given how many recipients were already accepted."""
+    """
+    Decide one RCPT TO, given how many recipients were already accepted.
+
+    The recipient is first put in the form the server keeps
+    (L{canonical_recipient}), so that a local domain in another spelling
+    (upper case, a trailing dot, U-label for A-label) is the local domain
+    for the address book too, as in a real session.
+    """
     if accepted_so_far >= settings.max_recipients:
         return Decision(False, 452, "4.5.3", "too many recipients", "too-many-recipients")
+    recipient = canonical_recipient(recipient, settings.local_domains)
     domain = domain_of(recipient)
     local_part = recipient.rpartition("@")[0] if "@" in recipient else recipient
-    local_domain = domain in settings.local_domains
+    local_domain = domain in {ace(d) for d in settings.local_domains}
     if local_part.lower() == "postmaster" and (local_domain or not domain):
         if book.is_local_recipient(recipient):
             return _accept("postmaster", "recipient OK")

@@ -32,7 +32,13 @@ from gateway.auth.realm import IAuthenticatedUser
 from gateway.auth.sasl.exchange import LoggedIn, Outcome
 from gateway.protocol import ConnectionLimitingFactory, LineProtocol
 from gateway.smtp import dsn
-from gateway.smtp.address import AddressError, parse_params, parse_path, split_command
+from gateway.smtp.address import (
+    AddressError,
+    canonical_recipient,
+    parse_params,
+    parse_path,
+    split_command,
+)
 from gateway.smtp.data import DataReader
 from gateway.smtp.delivery import Delivery, Envelope, Reply
 from gateway.smtp.policy import AddressBook, PolicySettings, Session, check_recipient, check_sender
@@ -289,6 +295,10 @@ class SMTPServer(LineProtocol):
                 # accept it and trust only our own AUTH, so it is not used.
                 if not value:
                     raise AddressError(501, "5.5.4", "AUTH= needs a value")
+                try:
+                    dsn.decode_xtext(value)  # "<>" or an xtext mailbox
+                except ValueError:
+                    raise AddressError(501, "5.5.4", "malformed AUTH parameter") from None
             elif key not in ("RET", "ENVID"):  # dsn.parse_mail's
                 raise AddressError(555, "5.5.4", f"unsupported parameter {key}")
 
@@ -312,6 +322,9 @@ class SMTPServer(LineProtocol):
         except AddressError as e:
             self._refuse(e)
             return
+        # The form the policy decides on is the form delivered (bare
+        # postmaster qualified, a local domain spelt as configured).
+        recipient = canonical_recipient(recipient, self.services.policy.local_domains)
         decision = check_recipient(self.services.policy, self.services.book, self.session(),
                                    recipient, len(self.envelope.recipients))
         if decision.accept:
