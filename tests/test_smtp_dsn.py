@@ -255,6 +255,22 @@ class ReportTests(SynchronousTestCase):
         self.assertIn("\tby mail.example.edu", returned)
         self.assertNotIn(b"secret body", data)
 
+    def test_returned_header_is_bounded(self) -> None:
+        """Whoever asks for a notice chooses where it goes: what it carries
+        back is at most RETURNED_HEADER_LIMIT octets of whole header lines,
+        even from a message that is all header."""
+        line = b"X-Filler: " + b"y" * 88 + b"\r\n"
+        for message in (line * 20_000, line * 20_000 + b"\r\nbody\r\n",
+                        b"Subject: one line\r\n" + b"z" * 60_000 + b"\r\n",
+                        b"X-Long: " + b"z" * 60_000 + b"\r\n\r\nbody\r\n"):
+            data, m = self.report(message=message)
+            returned = m.get_payload()[2].get_payload().encode()
+            self.assertLessEqual(len(returned), dsn.RETURNED_HEADER_LIMIT)
+            self.assertLess(len(data), dsn.RETURNED_HEADER_LIMIT + 4096)
+            self.assertNotIn(b"body", returned)
+        _, m = self.report(message=b"Subject: s\r\nX-A: b\r\n")
+        self.assertIn("X-A: b", m.get_payload()[2].get_payload())
+
     def test_international(self) -> None:
         data, m = self.report(sender="jürgen@bücher.de",
                               message="Subject: grüße\r\n\r\nbody\r\n".encode())

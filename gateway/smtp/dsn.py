@@ -296,12 +296,22 @@ def settle(transaction: Transaction, recipients: Iterable[str], resolver: Resolv
 # The report (RFC 3464)
 
 
+#: At most this much of the original header goes back in a notice (as
+#: Postfix's C{bounce_size_limit}): whoever asked for a success notice
+#: chose its recipient, and a message without a blank line is all header.
+RETURNED_HEADER_LIMIT = 50_000
+
+
 def _header_block(message: bytes) -> bytes:
-    """The header section of C{message}, each field ending in CRLF."""
-    end = message.find(b"\r\n\r\n")
+    """The header section of C{message}, each field ending in CRLF, cut
+    after the last whole line within L{RETURNED_HEADER_LIMIT} octets."""
     if message.startswith(b"\r\n"):
         return b""
-    return message if end < 0 else message[:end + 2]
+    end = message.find(b"\r\n\r\n", 0, RETURNED_HEADER_LIMIT + 2)
+    if end >= 0:
+        return message[:end + 2]
+    last = message.rfind(b"\r\n", 0, RETURNED_HEADER_LIMIT)
+    return message[:last + 2] if last >= 0 else b""
 
 
 def _address_type(address: str) -> str:
