@@ -6,8 +6,11 @@ LSUB (with CHILDREN and SPECIAL-USE attributes, RFC 3348 and 6154),
 STATUS, APPEND (UIDPLUS APPENDUID), NAMESPACE and ENABLE; and UNSELECT,
 CLOSE and CHECK, which leave or touch the selected mailbox.
 
-Mailbox names cross the wire in modified UTF-7 (RFC 3501 section 5.1.3)
-and reach the store as text.
+Mailbox names cross the wire in modified UTF-7 (RFC 3501 section 5.1.3),
+one spelling per name, and reach the store as text.  LIST shows a level
+of hierarchy that is no folder (Maildir++ C{.a.b} without C{.a}) as
+C{\\Noselect}, and LSUB with a trailing C{%} an unsubscribed parent of a
+subscribed folder (RFC 3501 sections 6.3.8 and 6.3.9).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import base64
 import calendar
 import datetime
 import re
+from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import Any
 
@@ -66,9 +70,15 @@ def decode_name(token: Token) -> str:
                     raise ValueError
                 out.append(chunk)
             i = end + 1
+        name = "".join(out)
+        if encode_name(name) != text:
+            # One spelling per name: "/" is no modified BASE64 character
+            # ("," replaces it), and adjacent runs or stray bits in the
+            # last character would be second spellings, which LIST would
+            # answer in another form than the client created.
+            raise ValueError
     except ValueError:
         raise Bad("mailbox name is not modified UTF-7") from None
-    name = "".join(out)
     if name.upper() == "INBOX":
         return "INBOX"
     return name
@@ -145,6 +155,44 @@ class ListPattern:
                 return False
             positions = self._skip_wildcards(positions)
         return bool(positions & self._end)
+
+
+def name_matcher(pattern: str) -> Callable[[str], bool]:
+    """
+    The test of a LIST or LSUB pattern against folder names.  Only the
+    name INBOX is case-insensitive (RFC 3501 section 5.1): a pattern that
+    starts with C{inbox} in any case matches INBOX and its children, and
+    otherwise means what it says, so that C{inboxes} still finds the
+    folder C{inboxes}.
+    """
+    plain = ListPattern(pattern)
+    if pattern[:5].upper() != "INBOX" or pattern[:5] == "INBOX":
+        return plain.match
+    inbox = ListPattern("INBOX" + pattern[5:])
+
+    def match(name: str) -> bool:
+        if name == "INBOX" or name.startswith("INBOX" + DELIMITER):
+            return inbox.match(name) or plain.match(name)
+        return plain.match(name)
+    return match
+
+
+def missing_parents(names: Iterable[str]) -> list[str]:
+    """The levels of hierarchy above C{names} that are not among them."""
+    present = set(names)
+    missing = set()
+    for name in present:
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            if parent not in present:
+                missing.add(parent)
+    return sorted(missing)
+
+
+def _listing_order(entry: tuple[str, Any]) -> tuple[bool, str]:
+    """INBOX first, then by name (the store's order)."""
+    return entry[0] != "INBOX", entry[0]
 
 
 def parse_date_time(token: Token) -> float:
@@ -261,8 +309,11 @@ class MailboxCommands:
         if len(args) != 1:
             raise Bad("one mailbox name expected")
         name = decode_name(args[0])
-        if name.endswith(DELIMITER):  # RFC 3501 section 6.3.3
-            name = name.rstrip(DELIMITER)
+        if name.endswith(DELIMITER):
+            # RFC 3501 section 6.3.3: one trailing delimiter declares the
+            # intent to create children; "a//" keeps an empty level, which
+            # the store refuses as it refuses "a//b".
+            name = name[:-1]
         if name == "INBOX":
             raise No("[ALREADYEXISTS] INBOX always exists")
         await self._store_call(self.store.create_folder, name)
@@ -298,7 +349,10 @@ class MailboxCommands:
         await self._store_call(self.store.subscribe, decode_name(args[0]), False)
         return "UNSUBSCRIBE completed"
 
-    async def _list(self, args: list[Token], verb: str) -> list[FolderInfo]:
+    async def _list(self, args: list[Token], verb: str) -> tuple[str, list[FolderInfo]]:
+        """The pattern (reference and mailbox joined) and the account's
+        folders; for an empty pattern, the root's delimiter is answered at
+        once and the pattern returned is empty."""
         if len(args) != 2 or any(isinstance(a, list) for a in args):
             raise Bad(f"{verb} needs a reference and a mailbox pattern")
         reference = decode_name(args[0]) if args[0] else ""
@@ -306,31 +360,46 @@ class MailboxCommands:
         if not pattern:
             # RFC 3501 section 6.3.8: the delimiter and the root name.
             self.untagged(f'{verb} (\\Noselect) "{DELIMITER}" ""')
-            return []
-        pattern = decode_name(args[1])
-        full = reference + pattern
-        if full[:5].upper() == "INBOX":
-            full = "INBOX" + full[5:]
-        matcher = ListPattern(full)
+            return "", []
+        full = reference + decode_name(args[1])
         try:
             folders = await self.store.folders(self.account)
         except StoreError as e:
             raise No(store_refusal(e)) from None
-        return [f for f in folders if matcher.match(f.name)]
+        return full, folders
 
     async def cmd_LIST(self, tag: bytes, args: list[Token]) -> str:
-        for folder in await self._list(args, "LIST"):
-            attributes = ["\\HasChildren" if folder.has_children else "\\HasNoChildren"]
-            if folder.special_use:
-                attributes.append(folder.special_use)
-            self.untagged(f'LIST ({" ".join(attributes)}) "{DELIMITER}" '.encode()
-                          + quoted_name(folder.name))
+        full, folders = await self._list(args, "LIST")
+        if not full:
+            return "LIST completed"
+        match = name_matcher(full)
+        entries = [(f.name, ["\\HasChildren" if f.has_children else "\\HasNoChildren"]
+                    + ([f.special_use] if f.special_use else [])) for f in folders]
+        # RFC 3501 section 6.3.8: a level of hierarchy that is no mailbox
+        # (Maildir++ ".a.b" without ".a", made by another program) is
+        # listed with \Noselect, or a client cannot reach its children.
+        entries += [(name, ["\\Noselect", "\\HasChildren"])
+                    for name in missing_parents(f.name for f in folders)]
+        for name, attributes in sorted(entries, key=_listing_order):
+            if match(name):
+                self.untagged(f'LIST ({" ".join(attributes)}) "{DELIMITER}" '.encode()
+                              + quoted_name(name))
         return "LIST completed"
 
     async def cmd_LSUB(self, tag: bytes, args: list[Token]) -> str:
-        for folder in await self._list(args, "LSUB"):
-            if folder.subscribed:
-                self.untagged(f'LSUB () "{DELIMITER}" '.encode() + quoted_name(folder.name))
+        full, folders = await self._list(args, "LSUB")
+        if not full:
+            return "LSUB completed"
+        match = name_matcher(full)
+        subscribed = [f.name for f in folders if f.subscribed]
+        entries = [(name, "") for name in subscribed]
+        if full.endswith("%"):
+            # RFC 3501 section 6.3.9: "foo/bar" subscribed and "foo" not,
+            # a "%" wildcard MUST return "foo", flagged \Noselect.
+            entries += [(name, "\\Noselect") for name in missing_parents(subscribed)]
+        for name, attributes in sorted(entries, key=_listing_order):
+            if match(name):
+                self.untagged(f'LSUB ({attributes}) "{DELIMITER}" '.encode() + quoted_name(name))
         return "LSUB completed"
 
     async def cmd_STATUS(self, tag: bytes, args: list[Token]) -> str:
@@ -369,13 +438,17 @@ class MailboxCommands:
         if not message:
             raise No("empty message")
         try:
-            session = await self.store.open_folder(self.account, name)
+            # Read-only: a read-write session would take the \Recent of the
+            # folder's new messages from the session that selects it next
+            # (RFC 3501 section 2.3.2), and move them to cur/.
+            session = await self.store.open_folder(self.account, name, True)
         except StoreError as e:
             raise No(store_refusal(e, trycreate=True)) from None
         try:
             uid = await session.append(message, flags, date)
         except StoreError as e:
-            raise No(store_refusal(e)) from None
+            # (deleted by another session meanwhile: TRYCREATE still)
+            raise No(store_refusal(e, trycreate=True)) from None
         finally:
             await session.close()
         return f"[APPENDUID {session.uidvalidity} {uid}] APPEND completed"

@@ -12,6 +12,16 @@ place; a deleted folder is first renamed to C{..deleted-*}, so it vanishes
 for everyone at once, then removed.  The account directory is fsynced
 before the call returns.
 
+A step that fails (a rename, a directory fsync, the index) undoes, as
+far as the disk lets it, what the call already did on disk, so the index
+(rolled back by the store) and the directories keep agreeing: a failed
+RENAME puts each directory or message file back and removes the parents
+it made, a failed CREATE removes what it made, a DELETE that fails before
+the folder is gone for good renames it back.  Once a deleted folder is
+renamed away and the index has forgotten it, the deletion stands: a
+failure to remove its files is only logged (L{gateway.store.durable}
+removes C{..deleted-*} at the next start).
+
 Rules (RFC 3501 section 6.3): creating a folder creates its missing
 parents; INBOX cannot be deleted; a folder with children cannot be deleted
 either (Maildir++ has no place for a folder that holds only children, so
@@ -29,6 +39,8 @@ from __future__ import annotations
 import os
 import secrets
 from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
 
 from gateway.store.index import Row
 from gateway.store.model import (
@@ -50,7 +62,10 @@ from gateway.store.names import (
 )
 
 if TYPE_CHECKING:
+    from gateway.store.fs import FileSystem
     from gateway.store.maildir import MaildirStore, _Account
+
+_log = Logger()
 
 
 def folder_names(store: MaildirStore, acct: _Account) -> list[str]:
@@ -81,19 +96,63 @@ def _forget_state(acct: _Account, name: str) -> None:
         acct.touched.add(state)
 
 
-def create_folders(store: MaildirStore, acct: _Account, names: list[str]) -> None:
-    """Create those of C{names} that do not exist, in order."""
+def create_folders(store: MaildirStore, acct: _Account, names: list[str]) -> list[str]:
+    """Create those of C{names} that do not exist, in order; all or none.
+    @return: the names created."""
     assert acct.index is not None
-    for name in names:
-        path = os.path.join(acct.path, folder_dir(name))
-        if name == INBOX or store.disk.exists(path):
+    created: list[str] = []
+    try:
+        for name in names:
+            path = os.path.join(acct.path, folder_dir(name))
+            if name == INBOX or store.disk.exists(path):
+                continue
+            staging = os.path.join(acct.path, "..creating-" + secrets.token_hex(8))
+            try:
+                store.disk.make_maildir(staging, folder=True)
+                store.fs.rename(staging, path)
+            except BaseException:
+                _remove(store.fs, staging)
+                raise
+            created.append(name)
+            acct.index.drop_folder(name)  # a row left by a folder removed behind our back
+            _forget_state(acct, name)
+        store.fs.fsync_dir(acct.path)
+    except BaseException:
+        remove_folders(store, acct, created)
+        raise
+    return created
+
+
+def remove_folders(store: MaildirStore, acct: _Account, names: list[str]) -> None:
+    """Undo L{create_folders}, best effort: the folders, just made, hold
+    no message."""
+    for name in reversed(names):
+        trash = os.path.join(acct.path, "..deleted-" + secrets.token_hex(8))
+        try:
+            store.fs.rename(os.path.join(acct.path, folder_dir(name)), trash)
+        except OSError:
             continue
-        staging = os.path.join(acct.path, "..creating-" + secrets.token_hex(8))
-        store.disk.make_maildir(staging, folder=True)
-        store.fs.rename(staging, path)
-        acct.index.drop_folder(name)  # a row left by a folder removed behind our back
-        _forget_state(acct, name)
-    store.fs.fsync_dir(acct.path)
+        _remove(store.fs, trash)
+
+
+def _remove(fs: FileSystem, path: str) -> None:
+    """Remove a directory, best effort (what stays is removed at the next
+    start, L{gateway.store.durable.Disk.recover})."""
+    try:
+        fs.rmtree(path)
+    except OSError:
+        pass
+
+
+def _undo_renames(fs: FileSystem, done: list[tuple[str, str]]) -> bool:
+    """Rename back, last first, best effort.  @return: whether all went back."""
+    back = True
+    for source, target in reversed(done):
+        try:
+            fs.rename(target, source)
+        except OSError:
+            back = False
+    return back
 
 
 def create_folder(acct: _Account, name: str, store: MaildirStore) -> None:
@@ -111,10 +170,21 @@ def delete_folder(acct: _Account, name: str, store: MaildirStore) -> None:
         raise InvalidFolderName(name, "it has child folders; delete them first")
     trash = os.path.join(acct.path, "..deleted-" + secrets.token_hex(8))
     store.fs.rename(state.path, trash)
-    store.fs.fsync_dir(acct.path)
-    acct.index.drop_folder(name)
+    try:
+        store.fs.fsync_dir(acct.path)
+        acct.index.drop_folder(name)
+    except BaseException:
+        _undo_renames(store.fs, [(state.path, trash)])
+        raise
     _forget_state(acct, name)
-    store.fs.rmtree(trash)
+    try:
+        store.fs.rmtree(trash)
+    except OSError:
+        # The folder is gone for everyone and the index forgot it: a NO
+        # now would bring back its row (its UIDVALIDITY) for a folder
+        # that no longer exists.
+        _log.failure("mail store: removing the deleted folder {folder} of {account} "
+                     "(removed at the next start)", folder=name, account=acct.name)
 
 
 def subscribe(acct: _Account, name: str, store: MaildirStore, subscribed: bool) -> None:
@@ -141,12 +211,20 @@ def rename_folder(acct: _Account, old: str, store: MaildirStore, new: str) -> No
     for _, renamed in pairs:
         if disk.exists(os.path.join(acct.path, folder_dir(renamed))):
             raise FolderExists(renamed)
-    create_folders(store, acct, parent_names(new))
-    for name, renamed in pairs:
-        fs.rename(os.path.join(acct.path, folder_dir(name)),
-                  os.path.join(acct.path, folder_dir(renamed)))
-    fs.fsync_dir(acct.path)
-    acct.index.rename_folders(pairs)
+    created = create_folders(store, acct, parent_names(new))
+    done: list[tuple[str, str]] = []
+    try:
+        for name, renamed in pairs:
+            source = os.path.join(acct.path, folder_dir(name))
+            target = os.path.join(acct.path, folder_dir(renamed))
+            fs.rename(source, target)
+            done.append((source, target))
+        fs.fsync_dir(acct.path)
+        acct.index.rename_folders(pairs)
+    except BaseException:
+        if _undo_renames(fs, done):
+            remove_folders(store, acct, created)
+        raise
     for _, renamed in pairs:
         _forget_state(acct, renamed)
     for name, renamed in pairs:
@@ -162,25 +240,35 @@ def _rename_inbox(acct: _Account, store: MaildirStore, new: str) -> None:
     fs = store.fs
     source = store.folder(acct, INBOX)
     source.ensure_loaded()
-    create_folders(store, acct, [*parent_names(new), new])
-    target = store.folder(acct, new)
+    created = create_folders(store, acct, [*parent_names(new), new])
     moved, rows = [], []
-    for uid in list(source.infos):
-        subdir, letters, _ = source.place[uid]
-        key = source.infos[uid].key
-        try:
-            fs.rename(source.file_path(uid),
-                      os.path.join(target.path, subdir, file_name(key, letters)))
-        except FileNotFoundError:
-            continue
-        moved.append(uid)
-        info = source.infos[uid]
-        keywords = keywords_text(info.flags - SYSTEM_FLAGS.keys())
-        rows.append(Row(0, key, subdir, letters, keywords, info.size, info.internal_date,
-                        source.place[uid][2]))
-    for state in (source, target):
-        for sub in ("new", "cur"):
-            fs.fsync_dir(os.path.join(state.path, sub))
-    target.add_rows(rows)
-    source.forget(moved)
+    done: list[tuple[str, str]] = []
+    try:
+        target = store.folder(acct, new)
+        for uid in list(source.infos):
+            subdir, letters, _ = source.place[uid]
+            key = source.infos[uid].key
+            origin = source.file_path(uid)
+            path = os.path.join(target.path, subdir, file_name(key, letters))
+            try:
+                fs.rename(origin, path)
+            except FileNotFoundError:
+                continue
+            done.append((origin, path))
+            moved.append(uid)
+            info = source.infos[uid]
+            keywords = keywords_text(info.flags - SYSTEM_FLAGS.keys())
+            rows.append(Row(0, key, subdir, letters, keywords, info.size, info.internal_date,
+                            source.place[uid][2]))
+        for state in (source, target):
+            for sub in ("new", "cur"):
+                fs.fsync_dir(os.path.join(state.path, sub))
+        target.add_rows(rows)
+        source.forget(moved)
+    except BaseException:
+        # Messages back in INBOX, and the new folder gone only if all came
+        # back (never remove a folder that may hold a message).
+        if _undo_renames(fs, done):
+            remove_folders(store, acct, created)
+        raise
     acct.touched.update((source, target))

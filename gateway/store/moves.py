@@ -8,9 +8,9 @@ committed transaction left).
 COPY hard-links each file under a new key into the destination's C{cur/}
 (keeping its flags; a copy only where a link is refused), MOVE renames it;
 then the destination directory (and for MOVE the source's) is fsynced
-before the new UIDs are indexed.  If a step fails, the links or renames
-already made are undone, so a failed COPY or MOVE leaves both folders as
-they were.
+before the new UIDs are indexed.  If a step fails (the indexing
+included), the links or renames already made are undone, so a failed COPY
+or MOVE leaves both folders as they were.
 """
 
 from __future__ import annotations
@@ -55,42 +55,47 @@ def transfer(store: MaildirStore, acct: _Account, source: FolderState, uids: lis
                                           + acct.pending[1] + size > quota.max_bytes):
             raise QuotaExceeded(acct.name)
     fs = store.fs
-    done: list[tuple[int, str]] = []
+    done: list[tuple[int, str, str]] = []  # (uid, where it was, where it went)
     rows: list[Row] = []
     try:
         for uid in wanted:
             letters = source.place[uid][1] or ""
             info = source.infos[uid]
             key = store._unique(None) + size_fields(info.key, info.size)
+            origin = source.file_path(uid)
             path = os.path.join(target.path, "cur", file_name(key, letters))
             try:
                 if move:
-                    fs.rename(source.file_path(uid), path)
+                    fs.rename(origin, path)
                 else:
-                    failed = store.disk.link_or_copy(source.file_path(uid), path)
+                    failed = store.disk.link_or_copy(origin, path)
                     if failed is not None:
                         raise failed
             except FileNotFoundError:
                 continue  # expunged behind our back: nothing to copy
-            done.append((uid, path))
+            done.append((uid, origin, path))
             rows.append(_row(source, uid, key, "cur", letters))
         if done:
             fs.fsync_dir(os.path.join(target.path, "cur"))
             if move:
                 for sub in ("new", "cur"):
                     fs.fsync_dir(os.path.join(source.path, sub))
+        # Inside the try: if indexing fails, the index is rolled back, and
+        # files left in the target would show up there at its next listing
+        # (a COPY answered NO made anyway, a MOVE's messages gone from the
+        # source with their keywords lost).
+        new_uids = target.add_rows(rows)
+        if move:
+            source.forget([uid for uid, _, _ in done])
     except BaseException:
-        for uid, path in done:  # undo, best effort
+        for _, origin, path in done:  # undo, best effort
             try:
                 if move:
-                    fs.rename(path, source.file_path(uid))
+                    fs.rename(path, origin)
                 else:
                     fs.unlink(path)
             except OSError:
                 pass
         raise
-    new_uids = target.add_rows(rows)
-    if move:
-        source.forget([uid for uid, _ in done])
     acct.touched.update((source, target))
-    return {uid: new for (uid, _), new in zip(done, new_uids)}
+    return {uid: new for (uid, _, _), new in zip(done, new_uids)}
