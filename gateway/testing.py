@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from gateway.auth import otp as rfc2289
 from gateway.auth.verifiers import (
     ALGORITHMS,
     DEFAULT_ITERATIONS,
@@ -179,7 +180,8 @@ class MemoryAuthBackend:
         # The compare-and-set is atomic here because nothing else runs between
         # the read and the write (single thread, no Deferred in between).
         record = self._find(account)
-        if record is None or record.otp is None or record.otp.sequence != sequence + 1:
+        if record is None or record.otp is None or record.otp.sequence != sequence + 1 \
+                or not rfc2289.precedes(record.otp.algorithm, key, record.otp.key):
             return succeed(False)
         record.otp = replace(record.otp, sequence=sequence, key=key)
         return succeed(True)
@@ -187,7 +189,8 @@ class MemoryAuthBackend:
     def otp_reinitialise(self, account: str, sequence: int, key: bytes,
                          state: OTPState) -> Deferred[bool]:
         record = self._find(account)
-        if record is None or record.otp is None or record.otp.sequence != sequence + 1:
+        if record is None or record.otp is None or record.otp.sequence != sequence + 1 \
+                or not rfc2289.precedes(record.otp.algorithm, key, record.otp.key):
             return succeed(False)
         record.otp = replace(state, account=record.account)
         return succeed(True)

@@ -23,6 +23,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from gateway.auth import otp as rfc2289
 from gateway.auth.directory import FileDirectory
 from gateway.auth.usersfile import (
     Account,
@@ -305,7 +306,9 @@ class DirectoryTests(FileCase):
         self.assertEqual(sorted(users.load().accounts), ["bob@example.edu", "carol@example.edu"])
 
     def test_otp_advance_is_compare_and_set_on_disk(self) -> None:
-        state = OTPState("alice@example.edu", "md5", "ke1234", 100, b"\x01" * 8)
+        # The stored OTP is the one b"\x02" * 8 hashes to (the CAS checks the chain).
+        state = OTPState("alice@example.edu", "md5", "ke1234", 100,
+                         rfc2289.step("md5", b"\x02" * 8))
         pending: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
 
         def later(f: Any, *a: Any) -> Deferred[Any]:
@@ -332,7 +335,8 @@ class DirectoryTests(FileCase):
 
     def test_otp_reinitialise(self) -> None:
         """RFC 2243: a new seed and sequence, only with the current OTP's CAS."""
-        state = OTPState("alice@example.edu", "md5", "ke1234", 100, b"\x01" * 8)
+        state = OTPState("alice@example.edu", "md5", "ke1234", 100,
+                         rfc2289.step("md5", b"\x02" * 8))
         directory, users = self.directory(alice(otp=state))
         new = OTPState("alice@example.edu", "sha1", "ne0001", 500, b"\x03" * 8)
         self.assertFalse(self.successResultOf(

@@ -95,26 +95,45 @@ class ThrottledLogin:
         self.throttle = throttle
         self.canonical = canonical or str.lower
 
+    def refusal(self, address: str, trusted: bool,
+                claimed: str | None) -> TemporarilyRefused | None:
+        """
+        The error to answer now if the address, or the (address, claimed
+        account) pair, is banned; C{None} if it may try.
+        """
+        key = self.canonical(claimed) if claimed else None
+        verdict = self.throttle.check(address, key, trusted=trusted)
+        if verdict.allowed:
+            return None
+        _log.info("login refused from {address} for {account}: {scope} banned",
+                  address=address, account=key, scope=verdict.scope)
+        return TemporarilyRefused(verdict.retry_after)
+
     def attempt(self, address: str, trusted: bool, claimed: str | None,
                 verify: Callable[[], Deferred[str | None]],
-                fingerprint: bytes | None = None) -> Deferred[str]:
+                fingerprint: bytes | None = None, *,
+                forgive_result: bool = True) -> Deferred[str]:
         """
         @param claimed: the account name the client gave, if any.
         @param verify: runs only when not banned; fires with the account id,
             or C{None} for any kind of failure.
+        @param forgive_result: on success, forgive the failures against the
+            account C{verify} answered as well as against C{claimed}.  False
+            when that account is an authzid the client acts for: proving
+            one's own secret must not wipe the failures counted against
+            another account's.
         @return: L{Deferred} firing with the account id, or failing with
             L{TemporarilyRefused} or (after the delay) L{UnauthorizedLogin}.
         """
         key = self.canonical(claimed) if claimed else None
-        verdict = self.throttle.check(address, key, trusted=trusted)
-        if not verdict.allowed:
-            _log.info("login refused from {address} for {account}: {scope} banned",
-                      address=address, account=key, scope=verdict.scope)
-            return fail(TemporarilyRefused(verdict.retry_after))
+        refused = self.refusal(address, trusted, claimed)
+        if refused is not None:
+            return fail(refused)
 
         def decided(account: str | None) -> Any:
             if account is not None:
-                for who in {key, account} - {None}:
+                forgiven = {key, account} if forgive_result else {key}
+                for who in forgiven - {None}:
                     self.throttle.succeeded(address, who, trusted=trusted)  # type: ignore[arg-type]
                 return account
             delay = self.throttle.failed(address, key, fingerprint, trusted=trusted)
@@ -182,12 +201,26 @@ class SASLOutcomeChecker(_ThrottledChecker):
         if not isinstance(step, Proven):
             return fail(TypeError(f"not a final SASL step: {step!r}"))
         return self._login.attempt(credentials.client_address, credentials.trusted,
-                                   step.authcid, lambda: self._still_allowed(step))
+                                   step.authcid, lambda: self._still_allowed(step),
+                                   forgive_result=not step.authzid)
+
+    def refusal(self, client_address: str, trusted: bool,
+                claimed: str | None = None) -> TemporarilyRefused | None:
+        """
+        Whether a SASL exchange from C{client_address} (for C{claimed}, when
+        known) would be refused as banned now: asked by
+        L{gateway.auth.sasl.exchange.Exchange} before it starts a mechanism
+        and before it sends data that shows a proof was right.
+        """
+        return self._login.refusal(client_address, trusted, claimed)
 
     def _still_allowed(self, step: Proven) -> Deferred[str | None]:
-        acting = self._login.canonical(step.authzid) if step.authzid else step.authcid
+        # The avatar id is canonical whatever the mechanism gave: GSSAPI's
+        # principal mapping, for one, does not come from the directory, and
+        # "Alice@example.edu" must not become an account of its own.
+        acting = self._login.canonical(step.authzid or step.authcid)
         checks = [self._backend.may_act_as(step.authcid, step.authcid)]
-        if acting != step.authcid:
+        if acting != self._login.canonical(step.authcid):
             checks.append(self._backend.may_act_as(step.authcid, acting))
         d = gatherResults(checks, consumeErrors=True)
         def directory_error(f: Failure) -> Failure:

@@ -27,6 +27,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway.auth import otp as rfc2289
 from gateway.auth.cache import PasswordCache
 from gateway.auth.usersfile import (
     CERTIFICATE_RULES,
@@ -56,6 +57,16 @@ def legacy_matches(secret: str, password: bytes) -> bool:
     # Compare digests so that the length of the secret does not leak either.
     return secret_matches(hashlib.sha256(secret.encode("utf-8")).digest(),
                           hashlib.sha256(password).digest())
+
+
+def legacy_matches_slowly(secret: str, password: bytes, dummy: ScramKeys) -> bool:
+    """
+    L{legacy_matches}, after the key derivation every other check pays: an
+    account holding only a legacy secret must not answer a wrong password
+    sooner than an unknown account does (that would list such accounts).
+    """
+    password_matches(dummy, password)
+    return legacy_matches(secret, password)
 
 
 @implementer(IAuthBackend, IOTPReinitialisation)
@@ -146,7 +157,7 @@ class FileDirectory:
         elif keys is not None:
             d = self._run(password_matches, keys, password)
         elif account.legacy is not None:
-            d = self._run(legacy_matches, account.legacy.secret, password)
+            d = self._run(legacy_matches_slowly, account.legacy.secret, password, self._dummy())
         else:
             d = self._run(password_matches, self._dummy(), password).addCallback(
                 lambda _: False)
@@ -213,13 +224,21 @@ class FileDirectory:
         Compare-and-set on the file itself, under its lock; fires only once
         the new state is on disk.  A failure to store is logged and answers
         C{False} (no login without a persisted advance).
+
+        The comparison is on the chain, not only on the sequence number:
+        C{key} must hash once to the OTP stored now.  A re-initialisation
+        that lands between a challenge and its answer may keep the sequence
+        number (C{init-hex:...:md5 500 newseed:...}); an OTP of the old chain
+        must not then be stored under the new seed, which would lock the
+        owner out and let the old pass phrase in for good.
         """
         name = self.canonical_name(account)
 
         def mutate(accounts: dict[str, Account]) -> bool:
             now = accounts.get(name)
             if now is None or not now.enabled or now.otp is None \
-                    or now.otp.sequence != sequence + 1 or len(key) != 8:
+                    or now.otp.sequence != sequence + 1 or len(key) != 8 \
+                    or not rfc2289.precedes(now.otp.algorithm, key, now.otp.key):
                 return False
             accounts[name] = replace(now, otp=replace(now.otp, sequence=sequence, key=key))
             return True
@@ -234,14 +253,16 @@ class FileDirectory:
                          state: OTPState) -> Deferred[bool]:
         """
         RFC 2243 re-initialisation: the same compare-and-set as
-        L{otp_advance}, storing the client's new seed and sequence.
+        L{otp_advance} (C{key}, the current OTP, must hash to the stored
+        one), storing the client's new seed and sequence.
         """
         name = self.canonical_name(account)
 
         def mutate(accounts: dict[str, Account]) -> bool:
             now = accounts.get(name)
             if now is None or not now.enabled or now.otp is None \
-                    or now.otp.sequence != sequence + 1 or len(state.key) != 8:
+                    or now.otp.sequence != sequence + 1 or len(state.key) != 8 \
+                    or not rfc2289.precedes(now.otp.algorithm, key, now.otp.key):
                 return False
             accounts[name] = replace(now, otp=replace(state, account=name))
             return True

@@ -19,6 +19,7 @@ mandatory; MD4 is broken and absent from many OpenSSL builds).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import struct
 from dataclasses import dataclass
@@ -87,6 +88,16 @@ def step(algorithm: str, key: bytes) -> bytes:
     if len(key) != 8:
         raise ValueError("an OTP is 8 bytes")
     return _hash(algorithm, key)
+
+
+def precedes(algorithm: str, key: bytes, stored: bytes) -> bool:
+    """Is C{key} the OTP just before C{stored} in its chain (does one
+    L{step} of it give C{stored})?  Constant time; C{False} for a key
+    that is no 64-bit OTP or an unknown algorithm."""
+    try:
+        return hmac.compare_digest(step(algorithm, key), stored)
+    except ValueError:
+        return False
 
 
 def otp(algorithm: str, passphrase: str | bytes, seed: str, count: int) -> bytes:

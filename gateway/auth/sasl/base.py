@@ -18,8 +18,9 @@ Life of one exchange::
     #      or Failed (wrong proof, unknown account, malformed input)
 
 Data a mechanism must return after success (SCRAM's server-final message,
-DIGEST-MD5's rspauth) is sent as one more L{Challenge}, to which the client
-answers with an empty response; only then does the mechanism return L{Proven}.
+DIGEST-MD5's rspauth) is sent as one more L{Challenge} (with
+L{Challenge.success} set), to which the client answers with an empty
+response; only then does the mechanism return L{Proven}.
 This works in all three protocols, including those with no
 "additional data with success" (RFC 4422 section 5).
 
@@ -44,9 +45,19 @@ from gateway.interfaces import IAuthBackend
 
 @dataclass(frozen=True)
 class Challenge:
-    """Send C{data} to the client and wait for its response."""
+    """
+    Send C{data} to the client and wait for its response.
+
+    @ivar success: set on a challenge that carries data sent only after a
+        successful proof (SCRAM's server-final, DIGEST-MD5's rspauth): the
+        L{Proven} the exchange will end with.  Such data tells the client its
+        proof was right before the portal has been asked, so the exchange
+        asks the throttle first and sends it only if the client is not banned
+        (L{gateway.auth.sasl.exchange.Exchange}).
+    """
 
     data: bytes
+    success: Proven | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

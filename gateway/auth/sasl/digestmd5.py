@@ -333,4 +333,4 @@ class DigestMD5(Mechanism):
             return succeed(step)
 
         self._next = finish
-        return Challenge(b"rspauth=" + rspauth)
+        return Challenge(b"rspauth=" + rspauth, success=step)

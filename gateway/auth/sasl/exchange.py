@@ -11,6 +11,15 @@ and handing its outcome to the portal (whose checker throttles and counts).
 
 A malformed client line is not an exception: it becomes a
 L{Failed}C{(malformed=True)} that the portal counts like a wrong password.
+
+The portal applies the throttle when the exchange ends, but some mechanisms
+show success before that: SCRAM's server-final and DIGEST-MD5's rspauth
+(a L{Challenge} with C{success} set) tell the client its proof was right.
+So the exchange asks the portal's SASL checker first (its C{refusal}), once
+before starting the mechanism (a banned address does no password work) and
+again before sending such a challenge (a banned pair learns nothing from a
+right guess): a banned client gets the same temporary refusal whether its
+proof was right or wrong.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.auth.checkers import AuthAttempt, TemporarilyRefused
+from gateway.auth.checkers import AuthAttempt, IAuthAttempt, TemporarilyRefused
 from gateway.auth.sasl.base import Challenge, Failed, Mechanism, Proven, Step
 
 log = Logger()
@@ -145,8 +154,22 @@ class Exchange:
         except ValueError:
             self._finish_step(self._malformed("initial response is not base64"), framing=True)
             return self.done
+        if self._banned(None):
+            return self.done
         self._run(self.mechanism.start(initial))
         return self.done
+
+    def _banned(self, claimed: str | None) -> bool:
+        """
+        End the exchange with a temporary refusal if the portal's SASL
+        checker says the client (or the pair with C{claimed}) is banned.
+        """
+        checkers = getattr(self.portal, "checkers", {})
+        refusal = getattr(checkers.get(IAuthAttempt), "refusal", None)
+        if refusal is None or refusal(self.client_address, self.trusted, claimed) is None:
+            return False
+        self.done.callback(Refused(temporary=True))
+        return True
 
     def respond(self, line: bytes) -> None:
         """The client's answer to the last challenge."""
@@ -173,6 +196,8 @@ class Exchange:
 
     def _stepped(self, step: Step) -> None:
         if isinstance(step, Challenge):
+            if step.success is not None and self._banned(step.success.authcid):
+                return
             self.waiting = True
             self.send_challenge(base64.b64encode(step.data))
             return

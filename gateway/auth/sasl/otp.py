@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from gateway.auth import otp as rfc2289
 from gateway.auth.sasl.base import Challenge, Mechanism, MechanismDone, SASLContext, Step
-from gateway.auth.sasl.registry import authorize
+from gateway.auth.sasl.registry import authorize, directory_key
 from gateway.auth.verifiers import OTPState, SASLprepError, saslprep
 from gateway.interfaces import IOTPReinitialisation
 
@@ -55,13 +55,17 @@ _WRONG = "wrong one-time password or unknown account"
 _FAKE_KEY = secrets.token_bytes(32)
 
 
-def fake_challenge(authcid: str, algorithm: str = "md5") -> str:
+def fake_challenge(key: str, algorithm: str = "md5") -> str:
     """
     A plausible challenge for a name with no OTP state: a sequence number
     from 10 to 499 and a seed of two letters and four digits (RFC 2289's
-    examples), the same for the same name (in any case) in this process.
+    examples), the same for the same C{key} in this process.
+
+    @param key: the name as the directory finds it
+        (L{gateway.auth.sasl.registry.directory_key}), so that two names it
+        takes as one get the same challenge, as a real account's would.
     """
-    digest = hmac.digest(_FAKE_KEY, authcid.casefold().encode("utf-8"), "sha256")
+    digest = hmac.digest(_FAKE_KEY, key.encode("utf-8"), "sha256")
     sequence = 10 + int.from_bytes(digest[:4], "big") % 490
     letters = "".join(chr(ord("a") + byte % 26) for byte in digest[4:6])
     digits = int.from_bytes(digest[6:10], "big") % 10000
@@ -160,7 +164,8 @@ class OTP(Mechanism):
                 text = rfc2289.challenge(state.algorithm, state.sequence - 1, state.seed)
             else:
                 self._unusable = why
-                text = fake_challenge(authcid, self.fake_algorithm)
+                text = fake_challenge(directory_key(self.context, authcid),
+                                      self.fake_algorithm)
             self._next = self._respond
             return Challenge(text.encode("ascii"))
 

@@ -171,6 +171,30 @@ def authorize(
     return d.addCallback(decided)
 
 
+def directory_key(context: SASLContext, name: str) -> str:
+    """
+    The form under which the directory finds the account a client names:
+    what the fake answers for unknown names (SCRAM's salt, OTP's challenge)
+    must be keyed on.  Two names the directory takes as one account get the
+    same real answer; if two unknown names it would take as one got
+    different fake answers, comparing the answers for C{bob} and
+    C{bob@example.edu} (a default domain) or for C{stra\u00dfe@...} and
+    C{strasse@...} (lower case against case folding) would list the
+    accounts.
+
+    @return: the directory's own C{canonical_name} of C{name} when it has
+        one (L{gateway.auth.directory.FileDirectory}); else C{name}
+        case-folded.
+    """
+    canonical = getattr(context.backend, "canonical_name", None)
+    if callable(canonical):
+        try:
+            return str(canonical(name))
+        except Exception:
+            pass
+    return name.casefold()
+
+
 def _lookup(name: str) -> type[Mechanism] | None:
     if not name.isascii():
         return None

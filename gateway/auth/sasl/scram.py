@@ -39,7 +39,7 @@ from gateway.auth.sasl.base import (
     SASLContext,
     Step,
 )
-from gateway.auth.sasl.registry import authorize, register
+from gateway.auth.sasl.registry import authorize, directory_key, register
 from gateway.auth.verifiers import (
     ALGORITHMS,
     DEFAULT_ITERATIONS,
@@ -251,10 +251,11 @@ class _Scram(Mechanism):
 
     def _fake_keys(self, username: str) -> ScramKeys:
         # The salt must be the same each time a name is tried, or two tries
-        # would show the name unknown; case-folded as the directory matches.
+        # would show the name unknown; and the same for two names the
+        # directory takes as one, as a real account's is.
         salt = hmac.digest(
             _FAKE_SALT_KEY,
-            f"{self.algorithm}\0{username.casefold()}".encode(),
+            f"{self.algorithm}\0{directory_key(self.context, username)}".encode(),
             "sha256",
         )[:16]
         size = hashlib.new(ALGORITHMS[self.algorithm]).digest_size
@@ -302,7 +303,7 @@ class _Scram(Mechanism):
             if not isinstance(step, Proven):
                 return step
             self._next = lambda answer: self._finish(step, answer)
-            return Challenge(b"v=" + verifier)
+            return Challenge(b"v=" + verifier, success=step)
 
         return authorize(self, keys.account, exchange.authzid, user).addCallback(proven)
 
