@@ -16,6 +16,7 @@ from OpenSSL import crypto
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from gateway.auth import otp as rfc2289
 from gateway.auth.verifiers import OTPState, derive_scram_keys
 from gateway.interfaces import IAuthBackend
 from gateway.testing import MemoryAuthBackend
@@ -128,14 +129,17 @@ class MemoryAuthBackendTests(SynchronousTestCase):
 
     def test_otp(self) -> None:
         self.assertIsNone(self.result(self.backend.otp_state("alice")))
-        self.backend.set_otp("alice", algorithm="md5", seed="ke1234", sequence=99, key=b"k" * 8)
+        # The stored OTP is the one b"n" * 8 hashes to: the next OTP of its chain.
+        stored = rfc2289.step("md5", b"n" * 8)
+        self.backend.set_otp("alice", algorithm="md5", seed="ke1234", sequence=99, key=stored)
         self.assertEqual(
             self.result(self.backend.otp_state("ALICE")),
-            OTPState("alice", "md5", "ke1234", 99, b"k" * 8),
+            OTPState("alice", "md5", "ke1234", 99, stored),
         )
         advance = self.backend.otp_advance
-        self.assertFalse(self.result(advance("alice", 99, b"x" * 8)))
-        self.assertFalse(self.result(advance("alice", 97, b"x" * 8)))
+        self.assertFalse(self.result(advance("alice", 99, b"n" * 8)))
+        self.assertFalse(self.result(advance("alice", 97, b"n" * 8)))
+        self.assertFalse(self.result(advance("alice", 98, b"x" * 8)))  # another chain
         self.assertTrue(self.result(advance("alice", 98, b"n" * 8)))
         self.assertEqual(
             self.result(self.backend.otp_state("alice")),
