@@ -136,6 +136,10 @@ def _section(spec: bytes) -> tuple[tuple[int, ...], bytes, tuple[bytes, ...]]:
     head, space, rest = spec.partition(b" ")
     numbers: list[int] = []
     words = head.split(b".") if head else []
+    if b"" in words:
+        # "1." or "1..TEXT": no section (RFC 3501 section 9, section-spec);
+        # "1." was answered as BODY[1], a label the client did not ask for.
+        raise ParseError("invalid section")
     for word in words:
         if not _PART.match(word):
             break
@@ -343,6 +347,11 @@ class Backpressure:
                 if poll.active():
                     poll.cancel()
         return not self._gone()
+
+    @property
+    def closing(self) -> bool:
+        """Is the connection going away (stop working for it)?"""
+        return self._gone()
 
     def _gone(self) -> bool:
         return self.stopped or bool(getattr(self.transport, "disconnecting", False))

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_imap_mailboxes -*-
+# -*- test-case-name: tests.test_imap_mailboxes,tests.test_imap_selected_review -*-
 """
 The IMAP server protocol: command assembly (literals, LITERAL+), the
 state machine (RFC 3501 section 3), the not-authenticated state
@@ -83,6 +83,8 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
         self._tag: bytes | None = None
         self._literal_left = 0
         self._literal: bytearray | None = None
+        #: The command being assembled is read and dropped (L{_drop_command}).
+        self._dropping = False
 
     def idle_timeout(self) -> float:
         if self.state == "NOT-AUTHENTICATED":
@@ -132,12 +134,16 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
 
     def line_received(self, line: bytes) -> Any:
         if self.idling is not None:
-            return self._idle_line(line)
+            result = self._idle_line(line)
+            if line.upper() != b"DONE":
+                self._drop_command(line)
+            return result
         if self._tag is None:
             tag, _, rest = line.partition(b" ")
             if not _TAG.match(tag):
                 if not self.count_bad_command():
                     self.untagged("BAD invalid tag")
+                self._drop_command(line)
                 return None
             self._tag = tag
             line = rest
@@ -146,18 +152,29 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
             self._pieces.append(line)
             pieces, tag = self._pieces, self._tag
             self._pieces, self._tag, self._command_size = [], None, 0
+            if self._dropping:
+                self._dropping = False
+                return None
             return self.dispatch(tag, pieces)
         text, literal = announced
+        if self._dropping and not literal.non_synchronizing:
+            # No "+" for a command that is not run: the client, waiting,
+            # sends no literal, and its next line is a new command.
+            self._pieces, self._tag, self._command_size = [], None, 0
+            self._dropping = False
+            return None
         if self.state == "NOT-AUTHENTICATED":
             limit, total = PREAUTH_LITERAL_LIMIT, PREAUTH_COMMAND_LIMIT
         else:
             limit = self.context.limits.max_message_size
             total = limit + COMMAND_OVERHEAD
         tag = self._tag
+        assert tag is not None
         self._command_size += len(line) + literal.size
         if literal.size > limit or self._command_size > total:
             what = "literal" if literal.size > limit else "command"
             self._pieces, self._tag, self._command_size = [], None, 0
+            self._dropping = False
             if literal.non_synchronizing:
                 # RFC 7888 section 4: the data is on its way; close instead
                 # of reading it.
@@ -167,7 +184,7 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
                 self.tagged(tag, "NO", f"[TOOBIG] {what} too large")
             return None
         self._pieces.append(text)
-        if not literal.non_synchronizing:
+        if not literal.non_synchronizing and not self._dropping:
             self.sendLine(b"+ Ready for literal data")
         self._literal = bytearray()
         self._literal_left = literal.size
@@ -180,10 +197,28 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
     def rawDataReceived(self, data: bytes) -> None:
         assert self._literal is not None
         take = data[: self._literal_left]
-        self._literal += take
+        if not self._dropping:  # a dropped command's literal is not kept
+            self._literal += take
         self._literal_left -= len(take)
         if self._literal_left == 0:
             self._literal_done(data[len(take):])
+
+    def _drop_command(self, line: bytes) -> None:
+        """
+        C{line} is answered and not run (an invalid tag, a line that ended
+        IDLE).  If it announces a non-synchronizing literal (RFC 7888), the
+        client sends the literal without waiting: its octets, and the rest
+        of the command after them, are read and dropped, never taken as
+        commands (an APPEND's message would otherwise run line by line).
+        """
+        announced = literal_at_end(line)
+        if announced is None or not announced[1].non_synchronizing:
+            return
+        if self.transport is None or self.transport.disconnecting:
+            return
+        self._dropping = True
+        self._tag = b"*"
+        self.line_received(line)
 
     def _literal_done(self, rest: bytes) -> None:
         assert self._literal is not None
@@ -228,7 +263,9 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
         text = handler(tag, args)
         if isawaitable(text):
             text = await text
-        if text is None:  # IDLE: the tagged reply comes at DONE
+        if text is None:
+            # IDLE: the tagged reply comes at DONE; a FETCH cut short by
+            # the connection's close: none.
             return
         if self.session is not None and not quiet:
             await self.report_changes()

@@ -356,8 +356,11 @@ class SearchCommand:
     session: Any
     untagged: Any
     context: Any
+    transport: Any
 
-    async def cmd_SEARCH(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
+    async def cmd_SEARCH(self, tag: bytes, args: list[Token], uid: bool = False) -> str | None:
+        """@return: the tagged OK's text; C{None} (no reply) if the
+        connection closed while messages were read."""
         limits = self.context.limits
         query = parse_query(args, limits.max_search_keys, limits.max_search_text_keys)
         session = self.session
@@ -366,8 +369,11 @@ class SearchCommand:
         candidates = [Candidate(seq, info, info.uid in session.recent, len(messages), largest_uid)
                       for seq, info in enumerate(messages, 1)]
         if query.needs_body:
-            matched = await self._search_texts(query.test, candidates,
-                                               limits.max_search_text_size)
+            found_texts = await self._search_texts(query.test, candidates,
+                                                   limits.max_search_text_size)
+            if found_texts is None:
+                return None
+            matched = found_texts
         else:
             matched = [c for c in candidates if query.test(c)]
         found = [c.info.uid if uid else c.seq for c in matched]
@@ -375,15 +381,21 @@ class SearchCommand:
         return "UID SEARCH completed" if uid else "SEARCH completed"
 
     async def _search_texts(self, test: Predicate, candidates: list[Candidate],
-                            limit: int) -> list[Candidate]:
+                            limit: int) -> list[Candidate] | None:
         """The candidates that pass C{test}, read and tested a batch at a
         time (see the module docstring); a message gone meanwhile is left
-        out."""
+        out.  C{None} if the connection closes meanwhile: the rest of a
+        large folder is not read for a client that is gone (and whose
+        session, closed, would refuse the reads)."""
         session = self.session
         run = self.context.extras.get("run_in_thread")
         matched: list[Candidate] = []
         for batch in _batches(candidates):
+            if self._closing():
+                return None
             texts = await session.read_messages([c.info.uid for c in batch])
+            if self._closing():
+                return None
             for c in batch:
                 if c.info.uid not in texts:  # moved meanwhile: the locked path
                     try:
@@ -396,6 +408,9 @@ class SearchCommand:
             else:
                 matched += await run(_test_texts, test, present, texts, limit)
         return matched
+
+    def _closing(self) -> bool:
+        return self.transport is None or bool(self.transport.disconnecting)
 
 
 def _batches(candidates: list[Candidate]) -> Iterator[list[Candidate]]:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_imap_selected -*-
+# -*- test-case-name: tests.test_imap_selected,tests.test_imap_selected_review -*-
 """
 The commands of the selected state that read or change messages (RFC 3501
 section 6.4): FETCH, STORE, COPY, EXPUNGE and their UID forms, MOVE (RFC
@@ -94,7 +94,15 @@ class SelectedCommands:
 
     # FETCH
 
-    async def cmd_FETCH(self, tag: bytes, args: list[Token], uid: bool = False) -> str:
+    async def cmd_FETCH(self, tag: bytes, args: list[Token], uid: bool = False) -> str | None:
+        """
+        @return: the text of the tagged OK, with C{[EXPUNGEISSUED]} if
+            messages of the view were gone from the store when read (RFC
+            5530; RFC 2180 section 4.1: the client must not take the
+            missing responses for empty data); C{None} if the connection
+            is closing, when the response stopped short: no tagged OK then
+            for a FETCH that did not finish.
+        """
         if len(args) != 2:
             raise Bad("FETCH needs a sequence set and data items")
         items = fetch.parse_items(args[1])
@@ -107,10 +115,11 @@ class SelectedCommands:
             *items, fetch.Item(b"FLAGS")]
         # One message at a time, and none while the client is not reading
         # (fetch.Backpressure): never the whole folder in memory.
+        expunged = False
         with fetch.Backpressure(self.transport, self.context.clock) as pressure:
             for seq, info in targets:
                 if not await pressure.ready():
-                    break  # the connection is closing
+                    return None  # the connection is closing
                 data = source = None
                 if body:
                     try:
@@ -119,23 +128,37 @@ class SelectedCommands:
                         else:
                             data = await session.read_message(info.uid)  # read in a thread
                     except NoSuchMessage:
-                        continue  # expunged by another session meanwhile
+                        expunged = True  # by another session meanwhile
+                        continue
+                    if pressure.closing:
+                        # Lost while the file was read: its session is
+                        # closed, and setting \Seen would fail (logged as
+                        # a server bug) for a client that is gone.
+                        if source is not None:
+                            source.close()
+                        return None
                 try:
                     wanted = items
                     if seen and "\\Seen" not in info.flags:
                         updated = await session.set_flags([info.uid], ["\\Seen"], "add")
-                        if updated:
+                        if updated and updated[0].flags != info.flags:
+                            # The FLAGS item only when they changed (RFC
+                            # 3501 section 6.4.5); a message expunged
+                            # meanwhile comes back with none.
                             info = updated[0]
-                        wanted = with_flags
+                            wanted = with_flags
                     pieces = fetch.render_pieces(
                         info, wanted, info.uid in session.recent, uid, data,
                         None if source is None else source.seek(0, 2))
                     if not await self._write_fetch(seq, pieces, pressure, source):
-                        break
+                        return None
                 finally:
                     if source is not None:
                         source.close()
-        return "UID FETCH completed" if uid else "FETCH completed"
+        done = "UID FETCH completed" if uid else "FETCH completed"
+        if expunged:
+            return "[EXPUNGEISSUED] some messages were expunged meanwhile; " + done
+        return done
 
     async def _write_fetch(self, seq: int, pieces: Iterator[bytes | fetch.Span],
                            pressure: fetch.Backpressure, source: IO[bytes] | None = None) -> bool:
@@ -220,18 +243,32 @@ class SelectedCommands:
         targets = self.messages_for(args[0], uid)
         self._writable()
         session = self.session
-        seqs = {info.uid: seq for seq, info in targets}
+        seqs: dict[int, int] = {}
+        before: dict[int, frozenset[str]] = {}
+        for seq, info in targets:
+            seqs[info.uid] = seq
+            before[info.uid] = info.flags
         try:
             updated = await session.set_flags(list(seqs), flags, mode)
         except StoreError as e:
             raise No(store_refusal(e)) from None
-        if not silent:
-            for info in updated:
-                if info.uid in seqs:
-                    text = b"FLAGS " + fetch.flags_list(info.flags, info.uid in session.recent)
-                    if uid:
-                        text = b"UID %d " % info.uid + text
-                    self.untagged(b"%d FETCH (" % seqs[info.uid] + text + b")")
+        given = frozenset(flags)
+        for info in updated:
+            if info.uid not in seqs:
+                continue
+            if silent:
+                # RFC 3501 section 6.4.6: even with .SILENT, a change made
+                # by another session is reported.  The store hands back the
+                # message's flags, others' changes included, and the view
+                # takes them: unless told now, the client never learns them.
+                old = before[info.uid]
+                if info.flags == {"replace": given, "add": old | given,
+                                  "remove": old - given}[mode]:
+                    continue
+            text = b"FLAGS " + fetch.flags_list(info.flags, info.uid in session.recent)
+            if uid:
+                text = b"UID %d " % info.uid + text
+            self.untagged(b"%d FETCH (" % seqs[info.uid] + text + b")")
         return "UID STORE completed" if uid else "STORE completed"
 
     # COPY, MOVE
