@@ -63,6 +63,9 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for name, s in servers.items()
     }
     print(summarize(config, info), file=out)
+    for name, server in sorted(servers.items()):
+        for warning in server.warnings:
+            print(f"  warning: tls.{name}: {warning}", file=out)
     if users is not None:
         print(f"  users file holds {len(users.accounts)} account(s)", file=out)
         return _check_routing(config, out, err)

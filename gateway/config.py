@@ -326,6 +326,46 @@ def _non_negative(value: float) -> str | None:
     return None if value >= 0 else "must not be negative"
 
 
+#: Upper bounds of the numbers: beyond them a value is a typo, not a policy.
+#: TOML has C{inf} and integers to 2**63: an infinite idle timeout or a line
+#: limit of 2**63 is no limit at all, which the limits exist to prevent.
+MAX_SECONDS = 30 * 86400.0
+MAX_COUNT = 1_000_000
+MAX_SIZES = {
+    # LineReceiver holds up to this many octets per connection.
+    "max_line_length": 1_048_576,
+    # A message is held in memory while it arrives.
+    "max_message_size": 1_073_741_824,
+    "max_search_text_size": 1_073_741_824,
+}
+
+
+def _bounded(low: Callable[[Any], str | None], high: float,
+             unit: str = "") -> Callable[[Any], str | None]:
+    """C{low}'s check, and at most C{high} (which also refuses C{inf} and
+    C{nan})."""
+
+    def check(value: Any) -> str | None:
+        message = low(value)
+        if message:
+            return message
+        if not value <= high:
+            return f"must be at most {high:_.0f}{unit}"
+        return None
+
+    return check
+
+
+def _number_check(name: str, kind: type, minimum: Callable[[Any], str | None]
+                  ) -> Callable[[Any], str | None]:
+    """The range of a numeric setting: seconds (floats, and C{*_delay}) up to
+    L{MAX_SECONDS}, sizes up to L{MAX_SIZES}, other counts up to
+    L{MAX_COUNT}."""
+    if kind is float or name.endswith("_delay"):
+        return _bounded(minimum, MAX_SECONDS, " seconds (30 days)")
+    return _bounded(minimum, MAX_SIZES.get(name, MAX_COUNT))
+
+
 def check_domain(name: str) -> str | None:
     """
     @return: C{None} if C{name} is a valid DNS domain name, else why not.
@@ -381,12 +421,14 @@ def _endpoint_info(description: str) -> tuple[str, tuple[object, ...] | None, st
         if not 0 <= port <= 65535:
             return kind, None, f"port {port} out of range"
         interface = kwargs.get("interface", args[3] if len(args) > 3 else "")
-        if interface:
-            try:
-                ipaddress.ip_address(interface)
-            except ValueError:
-                return kind, None, f"interface {interface!r} is not an IP address"
-        return kind, ("inet", port, interface), None
+        # Twisted's defaults: 0.0.0.0 for tcp, :: for tcp6.  Addresses are
+        # compared as addresses: "0:0::1" is "::1".
+        default = "::" if kind == "tcp6" else "0.0.0.0"
+        try:
+            address = ipaddress.ip_address(interface or default)
+        except ValueError:
+            return kind, None, f"interface {interface!r} is not an IP address"
+        return kind, ("inet", port, address), None
     if kind == "unix":
         address = kwargs.get("address", args[1] if len(args) > 1 else "")
         if not address:
@@ -409,13 +451,20 @@ def _endpoint_info(description: str) -> tuple[str, tuple[object, ...] | None, st
     return kind, None, f"unknown endpoint type {kind!r}"
 
 
-def _ports_clash(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+def _ports_clash(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     if a[0] != "inet" or b[0] != "inet":
         return a == b
     if a[1] != b[1] or a[1] == 0:
         return False
-    # A wildcard interface clashes with every interface of the same port.
-    return a[2] == b[2] or not a[2] or not b[2]
+    x, y = a[2], b[2]
+    if x == y:
+        return True
+    # "::" takes IPv4 too (Twisted does not set IPV6_V6ONLY): it clashes
+    # with every address of the port; 0.0.0.0 with every IPv4 address.
+    for wild, other in ((x, y), (y, x)):
+        if wild.is_unspecified and (wild.version == 6 or other.version == 4):
+            return True
+    return False
 
 
 def _read_server(r: _Reader, data: Any) -> ServerConfig:
@@ -438,7 +487,8 @@ def _read_server(r: _Reader, data: Any) -> ServerConfig:
             networks.append(ipaddress.ip_network(text, strict=True))
         except ValueError as e:
             r.problem(f"server.trusted_networks[{i}]", f"{text!r} is not a network: {e}")
-    timeout = r.value(t, "server", "shutdown_timeout", float, default=30.0, check=_non_negative)
+    timeout = r.value(t, "server", "shutdown_timeout", float, default=30.0,
+                      check=_bounded(_non_negative, MAX_SECONDS, " seconds (30 days)"))
     aliases = r.file(t, "server", "aliases")
     return ServerConfig(hostname, state_dir, tuple(domains), tuple(networks), timeout, aliases)
 
@@ -451,8 +501,9 @@ def _read_limits(r: _Reader, data: Any) -> Limits:
     for name in names:
         default = getattr(defaults, name)
         kind: type = float if isinstance(default, float) else int
-        check = _non_negative if name == "pop3_login_delay" else _positive
-        values[name] = r.value(t, "limits", name, kind, default=default, check=check)
+        minimum = _non_negative if name == "pop3_login_delay" else _positive
+        values[name] = r.value(t, "limits", name, kind, default=default,
+                               check=_number_check(name, kind, minimum))
     if values["max_line_length"] < 1000:
         # RFC 5321 section 4.5.3.1.6: text lines of at least 1000 octets.
         r.problem("limits.max_line_length", "must be at least 1000 (RFC 5321 section 4.5.3.1.6)")
@@ -495,9 +546,13 @@ def _read_auth(r: _Reader, data: Any) -> AuthConfig:
     for name in names:
         default = getattr(defaults, name)
         kind: type = float if isinstance(default, float) else int
+        # A ban after 0 failures is refused by ThrottleSettings at start:
+        # refuse it here, where it is named.
+        minimum = _positive if name.endswith("_ban_after") else _non_negative
         throttle[name] = r.value(tt, "auth.throttle", name, kind, default=default,
-                                 check=_non_negative)
-    cache_ttl = r.value(t, "auth", "cache_ttl", float, default=0.0, check=_non_negative)
+                                 check=_number_check(name, kind, minimum))
+    cache_ttl = r.value(t, "auth", "cache_ttl", float, default=0.0,
+                        check=_bounded(_non_negative, MAX_SECONDS, " seconds (30 days)"))
     return AuthConfig(users, mechanisms if mechanisms is not None else DEFAULT_MECHANISMS,
                       plain, default_domain, mapping, keytab, ThrottleConfig(**throttle),
                       cache_ttl)
@@ -513,7 +568,8 @@ def _read_policy(r: _Reader, data: Any) -> PolicyConfig:
         if isinstance(default, bool):
             values[name] = r.value(t, "policy", name, bool, default=default)
         else:
-            values[name] = r.value(t, "policy", name, int, default=default, check=_positive)
+            values[name] = r.value(t, "policy", name, int, default=default,
+                                   check=_number_check(name, int, _positive))
     return PolicyConfig(**values)
 
 
@@ -561,7 +617,8 @@ def _read_listeners(r: _Reader, data: Any, profiles: dict[str, TLSProfile],
     for i, raw in enumerate(data):
         path = f"listener[{i}]"
         t = r.table(raw, path, keys)
-        name = r.value(t, path, "name", str, default=f"listener{i}", required=True)
+        name = r.value(t, path, "name", str, default=f"listener{i}", required=True,
+                       check=lambda v: None if v.strip() else "must not be empty")
         if name in names:
             r.problem(f"{path}.name", f"duplicate listener name {name!r} (also listener[{names[name]}])")
         names[name] = i

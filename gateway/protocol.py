@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_protocols,tests.test_base_review -*-
 """
 What POP3, IMAP and SMTP connections share: the listener they belong to, the
 TLS state (implicit or upgraded), limits (line length, idle time, bad
@@ -89,6 +89,43 @@ class ListenerContext:
         return any(ip in net for net in self.trusted_networks)
 
 
+def peer_host(address: Any) -> str:
+    """
+    The client's address as text, an IPv4 client on an IPv6 socket
+    (C{::ffff:192.0.2.7}) spelt as IPv4: trusted networks, the throttle and
+    the per-address limit must see one client, whichever socket it came in
+    through.
+    """
+    host = getattr(address, "host", None) or str(address)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return str(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(host)
+
+
+#: IPv6 clients are counted per network of this length for
+#: C{max_connections_per_address}: one host or site usually holds a /64 and
+#: may use any address in it (as L{gateway.auth.throttle} groups them).
+IPV6_PREFIX = 64
+
+
+def address_key(address: str) -> str:
+    """What C{max_connections_per_address} counts C{address} under."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        shift = 128 - IPV6_PREFIX
+        return str(ipaddress.IPv6Network(((int(ip) >> shift) << shift, IPV6_PREFIX)))
+    return address
+
+
 @implementer(IHandshakeListener)
 class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
     """
@@ -142,8 +179,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
     # Connection life cycle
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self.peer = getattr(peer, "host", None) or str(peer)
+        self.peer = peer_host(self.transport.getPeer())
         factory: ConnectionLimitingFactory = self.factory
         self.admitted = factory.admit(self.peer)
         if not self.admitted:
@@ -195,7 +231,13 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
             self._session_call = None
         if self.logout is not None:
             logout, self.logout = self.logout, None
-            logout()
+            try:
+                logout()
+            except Exception:
+                # The slot below must be given back whatever the session's
+                # end did, or the listener loses it for good.
+                self.log.failure("{listener}: logout of {peer} failed",
+                                 listener=self.context.listener.name, peer=self.peer)
         if self.admitted:
             self.admitted = False
             self.factory.release(self.peer)
@@ -630,7 +672,8 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
 class ConnectionLimitingFactory(Factory):
     """
     A factory for one listener that counts its connections, in total and per
-    client address, against the configured limits.
+    client address (an IPv4-mapped address as its IPv4 address, IPv6 per
+    L{IPV6_PREFIX} network: L{address_key}), against the configured limits.
     """
 
     protocol_class: type[LineProtocol] = LineProtocol
@@ -649,16 +692,19 @@ class ConnectionLimitingFactory(Factory):
         return p
 
     def admit(self, address: str) -> bool:
+        """Take a slot for a client at C{address} if the limits allow (see
+        L{address_key} for what counts as one address)."""
         limits = self.context.limits
+        key = address_key(address)
         if self.total >= limits.max_connections:
             return False
         if (
-            self.by_address[address] >= limits.max_connections_per_address
+            self.by_address[key] >= limits.max_connections_per_address
             and not self.context.is_trusted(address)
         ):
             return False
         self.total += 1
-        self.by_address[address] += 1
+        self.by_address[key] += 1
         return True
 
     def close_all(self, timeout: float) -> Deferred[None]:
@@ -697,7 +743,9 @@ class ConnectionLimitingFactory(Factory):
                 d.callback(None)
 
     def release(self, address: str) -> None:
+        """Give back the slot L{admit} took for C{address}."""
+        key = address_key(address)
         self.total -= 1
-        self.by_address[address] -= 1
-        if self.by_address[address] <= 0:
-            del self.by_address[address]
+        self.by_address[key] -= 1
+        if self.by_address[key] <= 0:
+            del self.by_address[key]

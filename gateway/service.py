@@ -172,6 +172,11 @@ class GatewayService(service.MultiService):
             except TLSSetupError as e:
                 log.error("TLS profile {name} not reloaded, keeping the old one: {why}",
                           name=name, why=str(e))
+            except Exception:
+                # Whatever broke, the old contexts stay and the rest (other
+                # profiles, the users file) is still reloaded.
+                log.failure("TLS profile {name} not reloaded, keeping the old one",
+                            name=name)
             else:
                 log.info("TLS profile {name} reloaded", name=name)
         for component in self.reloadables:
@@ -332,7 +337,9 @@ def build(config: GatewayConfig, reactor: Any, portal: Portal | None = None) -> 
             tls=server_tls,
             backend=backend,
             sasl_options=sasl_options,
-            mechanisms=listener.mechanisms or config.auth.mechanisms,
+            # An empty list is a choice (no AUTH on this listener), not "unset".
+            mechanisms=(listener.mechanisms if listener.mechanisms is not None
+                        else config.auth.mechanisms),
             plaintext_without_tls=(
                 listener.plaintext_without_tls
                 if listener.plaintext_without_tls is not None

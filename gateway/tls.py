@@ -17,7 +17,16 @@ wildcards).
 Client certificates (for SASL EXTERNAL) are I{requested}, never required, and
 an unknown or invalid one never breaks the handshake: OpenSSL's verdict is
 ignored during the handshake, and L{verified_peer_certificate} checks the
-chain against the client CA afterwards with C{cryptography}'s verifier.
+chain against the client CA afterwards with C{cryptography}'s verifier: valid
+now, and marked for client authentication (extendedKeyUsage clientAuth,
+which must be present); a subjectAltName is optional, since the C{cn}
+mapping and C{mailgateway certs client USER} without a domain do without.
+
+Private keys are read by C{cryptography}, never by OpenSSL's PEM reader: an
+encrypted key would make OpenSSL ask for a pass phrase on the terminal,
+blocking the start, or a reload in the reactor thread.  A key that others
+may read, or a certificate outside its validity, is accepted with a warning
+(L{ServerTLS.warnings}), logged and shown by C{mailgateway check}.
 """
 
 from __future__ import annotations
@@ -29,8 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL
+from OpenSSL.crypto import PKey
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -64,6 +77,51 @@ def _load_pem_certificates(path: Path) -> list[x509.Certificate]:
     except ValueError:
         raise TLSSetupError(f"{path} holds no PEM certificate") from None
     return certs
+
+
+def _load_private_key(path: Path) -> Any:
+    """
+    The unencrypted PEM private key in C{path}.
+
+    @raise TLSSetupError: unreadable, encrypted, or no key.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TLSSetupError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise TLSSetupError(
+            f"{path} is encrypted: the gateway needs the key unencrypted "
+            "(readable by its user only)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TLSSetupError(f"{path} holds no usable PEM private key") from None
+
+
+def _public_bytes(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _file_warnings(certificate: Path, private_key: Path, leaf: x509.Certificate) -> list[str]:
+    """What is usable but wrong: a key others may read, a certificate out
+    of its validity."""
+    warnings = []
+    try:
+        mode = private_key.stat().st_mode
+    except OSError:
+        mode = 0
+    if mode & 0o004:
+        warnings.append(f"{private_key} is readable by every user (mode {mode & 0o777:o}); "
+                        "chmod 600 it")
+    now = datetime.datetime.now(datetime.UTC)
+    if leaf.not_valid_after_utc <= now:
+        warnings.append(f"{certificate} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    elif leaf.not_valid_before_utc > now:
+        warnings.append(f"{certificate} is not valid before "
+                        f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    return warnings
 
 
 def _server_names(cert: x509.Certificate) -> list[str]:
@@ -106,15 +164,19 @@ def _build_context(
         ctx.set_cipher_list((profile.ciphers or DEFAULT_CIPHERS).encode("ascii"))
     except SSL.Error:
         raise TLSSetupError(f"tls.{profile.name}.ciphers: no usable cipher in {profile.ciphers!r}") from None
+    key = _load_private_key(private_key)
+    if _public_bytes(key.public_key()) != _public_bytes(certs[0].public_key()):
+        raise TLSSetupError(
+            f"the private key {private_key} does not match the certificate {certificate}")
     try:
         ctx.use_certificate(certs[0])
         for extra in certs[1:]:
             ctx.add_extra_chain_cert(extra)
-        ctx.use_privatekey_file(str(private_key))
+        ctx.use_privatekey(PKey.from_cryptography_key(key))
         ctx.check_privatekey()
     except SSL.Error as e:
         raise TLSSetupError(f"{private_key}: {_ssl_reason(e)}") from None
-    except (OSError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # a key type pyOpenSSL cannot take
         raise TLSSetupError(f"{private_key}: {e}") from None
     ctx.set_session_id(session_id)
     if profile.client_ca is not None:
@@ -142,6 +204,7 @@ class _Contexts:
     wildcard: dict[str, SSL.Context]
     client_cas: tuple[x509.Certificate, ...]
     not_after: datetime.datetime
+    warnings: tuple[str, ...] = ()
 
     def for_name(self, name: str | None) -> SSL.Context:
         if not name:
@@ -170,8 +233,9 @@ def _build_all(
         )
         sources.append((ctx, extra_certs[0]))
         not_after = min(not_after, extra_certs[0].not_valid_after_utc)
-    # Extra certificates are more specific than the default: they win.
-    for ctx, cert in reversed(sources):
+    # Extra certificates are more specific than the default: they win over
+    # it, and the first listed wins among them (later writes win below).
+    for ctx, cert in [sources[0], *reversed(sources[1:])]:
         for name in _server_names(cert):
             if name.startswith("*."):
                 wildcard[name[2:]] = ctx
@@ -182,7 +246,27 @@ def _build_all(
     cas: tuple[x509.Certificate, ...] = ()
     if profile.client_ca is not None:
         cas = tuple(_load_pem_certificates(profile.client_ca))
-    return _Contexts(default, exact, wildcard, cas, not_after)
+    warnings = _file_warnings(profile.certificate, profile.private_key, certs[0])
+    for extra, (_, leaf) in zip(profile.sni, sources[1:], strict=True):
+        warnings += _file_warnings(extra.certificate, extra.private_key, leaf)
+    return _Contexts(default, exact, wildcard, cas, not_after, tuple(warnings))
+
+
+def _require_client_auth(policy: Any, certificate: Any, usage: x509.ExtendedKeyUsage) -> None:
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        raise ValueError("extendedKeyUsage lacks clientAuth")
+
+
+#: The client's own certificate: the Web PKI rules, except that the
+#: subjectAltName is optional (CN-mapped users have none) and that the
+#: extendedKeyUsage must be there and name clientAuth (a certificate
+#: without it was not issued for logging in: RFC 5280 section 4.2.1.12).
+_CLIENT_LEAF_POLICY = (
+    verification.ExtensionPolicy.webpki_defaults_ee()
+    .may_be_present(x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None)
+    .require_present(x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC,
+                     _require_client_auth)
+)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -194,6 +278,17 @@ class ServerTLS:
     def __init__(self, profile: TLSProfile) -> None:
         self.profile = profile
         self._contexts = _build_all(profile, self._on_server_name)
+        self._log_warnings()
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What is usable but wrong in the profile's files (see the module
+        docstring)."""
+        return self._contexts.warnings
+
+    def _log_warnings(self) -> None:
+        for warning in self.warnings:
+            log.warn("tls.{name}: {problem}", name=self.profile.name, problem=warning)
 
     @property
     def requests_client_certificate(self) -> bool:
@@ -212,6 +307,7 @@ class ServerTLS:
         @raise TLSSetupError: the new files cannot be used.
         """
         self._contexts = _build_all(self.profile, self._on_server_name)
+        self._log_warnings()
 
     def _on_server_name(self, connection: SSL.Connection) -> None:
         # Looked up at handshake time, so a reload applies to SNI too.
@@ -242,7 +338,10 @@ class ServerTLS:
         intermediates = [c for c in (chain or []) if c != leaf]
         store = verification.Store(list(self._contexts.client_cas))
         verifier = (
-            verification.PolicyBuilder().store(store).build_client_verifier()
+            verification.PolicyBuilder().store(store)
+            .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                                ee_policy=_CLIENT_LEAF_POLICY)
+            .build_client_verifier()
         )
         try:
             verifier.verify(leaf, intermediates)
