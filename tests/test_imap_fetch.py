@@ -102,6 +102,21 @@ class BufferingTransport(TLSStringTransport):
         return data
 
 
+def buffered(messages: tuple[bytes, ...], clock: Clock | None = None
+             ) -> tuple[Any, BufferingTransport]:
+    """A connection over a L{BufferingTransport}, logged in as alice with
+    C{messages} in her INBOX, which it has selected."""
+    first, _, _ = logged_in(messages, clock=clock)
+    proto = first.factory.buildProtocol(None)
+    t = BufferingTransport(peerAddress=IPv4Address("TCP", "192.0.2.8", 40001))
+    proto.makeConnection(t)
+    proto.handshakeCompleted()
+    send(proto, t, b'L LOGIN alice@example.edu "correct horse"')
+    reply = send(proto, t, b"S SELECT INBOX")
+    assert reply[-1].startswith(b"S OK"), reply
+    return proto, t
+
+
 def big(n: int) -> bytes:
     return (b"From: a@x.example\r\nSubject: big %d\r\n\r\n" % n) + b"0123456789" * 4000
 
@@ -109,13 +124,7 @@ def big(n: int) -> bytes:
 class BackpressureTests(SynchronousTestCase):
     def connect(self, count: int = 6) -> tuple[Any, BufferingTransport, list[int], Clock]:
         clock = Clock()
-        first, _, _ = logged_in(tuple(big(n) for n in range(count)), clock=clock)
-        proto = first.factory.buildProtocol(None)
-        t = BufferingTransport(peerAddress=IPv4Address("TCP", "192.0.2.8", 40001))
-        proto.makeConnection(t)
-        proto.handshakeCompleted()
-        send(proto, t, b'L LOGIN alice@example.edu "correct horse"')
-        self.assertTrue(send(proto, t, b"S SELECT INBOX")[-1].startswith(b"S OK"))
+        proto, t = buffered(tuple(big(n) for n in range(count)), clock)
         opened: list[int] = []
         real = proto.session.read_message
 
@@ -220,17 +229,12 @@ class StreamTests(SynchronousTestCase):
     the response is the same as when it is.
     """
 
-    def connect(self, messages: tuple[bytes, ...], transport: Any = None
+    def connect(self, messages: tuple[bytes, ...], buffering: bool = False
                 ) -> tuple[Any, Any, list[tuple[str, int]]]:
-        if transport is None:
-            proto, t, _ = selected(messages)
+        if buffering:
+            proto, t = buffered(messages)
         else:
-            first, _, _ = logged_in(messages)
-            proto, t = first.factory.buildProtocol(None), transport
-            proto.makeConnection(t)
-            proto.handshakeCompleted()
-            send(proto, t, b'L LOGIN alice@example.edu "correct horse"')
-            self.assertTrue(send(proto, t, b"S SELECT INBOX")[-1].startswith(b"S OK"))
+            proto, t, _ = selected(messages)
         session, calls = proto.session, []
         read_message, open_message = session.read_message, session.open_message
 
@@ -292,8 +296,7 @@ class StreamTests(SynchronousTestCase):
         """A client that does not read holds the copy: the transport holds
         at most its limit and a piece."""
         messages = (large(5, 2_000_000), large(6, 300_000))
-        t = BufferingTransport(peerAddress=IPv4Address("TCP", "192.0.2.8", 40001))
-        proto, t, calls = self.connect(messages, t)
+        proto, t, calls = self.connect(messages, buffering=True)
         proto.dataReceived(b"a FETCH 1:2 BODY.PEEK[]\r\n")
         self.assertTrue(t.full)
         self.assertLess(len(t.value()), t.limit + fetch.FLUSH_SIZE)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
@@ -21,8 +20,8 @@ from gateway.config import Limits
 from gateway.imap import fetch, search
 from gateway.imap.protocol import IMAPFactory
 from gateway.store.maildir import MaildirStore
-from tests.imap_support import ALICE, MULTIPART, SIMPLE, logged_in, selected, send
-from tests.test_imap_fetch import BufferingTransport, big, large, wire
+from tests.imap_support import ALICE, MULTIPART, SIMPLE, selected, send
+from tests.test_imap_fetch import BufferingTransport, big, buffered, large, wire
 from tests.test_protocols import connect, lines
 from tests.test_store_contract import synchronous
 
@@ -316,13 +315,7 @@ class FetchRangeTests(SynchronousTestCase):
 class FetchClosingTests(SynchronousTestCase):
     def connect(self, messages: tuple[bytes, ...]) -> tuple[Any, BufferingTransport, Clock]:
         clock = Clock()
-        first, _, _ = logged_in(messages, clock=clock)
-        proto = first.factory.buildProtocol(None)
-        t = BufferingTransport(peerAddress=IPv4Address("TCP", "192.0.2.8", 40001))
-        proto.makeConnection(t)
-        proto.handshakeCompleted()
-        send(proto, t, b'L LOGIN alice@example.edu "correct horse"')
-        self.assertTrue(send(proto, t, b"S SELECT INBOX")[-1].startswith(b"S OK"))
+        proto, t = buffered(messages, clock)
         return proto, t, clock
 
     def test_no_tagged_ok_after_a_fetch_cut_by_the_close(self) -> None:
