@@ -279,6 +279,20 @@ class SubmissionTests(TransactionTestCase):
         proto.dataReceived(b"EHLO c.example\r\nAUTH PLAIN " + plain(who, "correct horse") + b"\r\n")
         self.assertEqual(lines(t)[-1], b"235 2.7.0 authentication successful")
 
+    def test_no_starttls_after_auth(self) -> None:
+        """A login made before TLS (the operator allows plain text) does not
+        carry across an upgrade: STARTTLS after AUTH is refused, as STLS and
+        IMAP's STARTTLS are."""
+        proto, t = connect(SMTPFactory, self.role, plaintext_without_tls=True, clock=self.clock)
+        proto.services = SMTPServices(self.policy, Book(), self.delivery)
+        lines(t)
+        proto.dataReceived(b"EHLO c.example\r\nAUTH PLAIN "
+                           + plain("alice@example.edu", "correct horse") + b"\r\n")
+        self.assertEqual(lines(t)[-1], b"235 2.7.0 authentication successful")
+        proto.dataReceived(b"STARTTLS\r\n")
+        self.assertEqual(lines(t), [b"503 5.5.1 STARTTLS not allowed after AUTH"])
+        self.assertIsNone(t.tls_started_with)
+
     def test_mail_before_auth(self) -> None:
         proto, t = self.open()
         proto.dataReceived(b"MAIL FROM:<alice@example.edu>\r\n")

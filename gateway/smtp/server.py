@@ -170,6 +170,11 @@ class SMTPServer(LineProtocol):
             self.reply(501, "5.5.4", "STARTTLS takes no parameters")
         elif self.encrypted:
             self.reply(503, "5.5.1", "already under TLS")
+        elif self.account is not None:
+            # As POP3's STLS and IMAP's STARTTLS: not after a login.  RFC
+            # 3207 section 4.2 would have the login forgotten; refusing
+            # keeps the account's session from spanning the upgrade.
+            self.reply(503, "5.5.1", "STARTTLS not allowed after AUTH")
         elif not self.can_start_tls:
             self.reply(502, "5.5.1", "STARTTLS not available on this listener")
         else:
