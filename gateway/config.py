@@ -95,6 +95,9 @@ class Limits:
     idle_timeout_pop3: float = 600.0  # RFC 1939 section 3: at least 10 minutes
     idle_timeout_imap: float = 1800.0  # RFC 3501 section 5.4: at least 30 minutes
     idle_timeout_imap_preauth: float = 60.0
+    # A TLS handshake (implicit TLS, or after STARTTLS/STLS) must finish in
+    # this time: a client that never sends its ClientHello holds a slot.
+    tls_handshake_timeout: float = 30.0
     # RFC 2449 section 6.5 LOGIN-DELAY: seconds an account must wait between
     # two POP3 logins (advertised in CAPA); 0 = no delay.
     pop3_login_delay: int = 0

@@ -208,7 +208,8 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
                 listener=self.context.listener.name,
                 peer=self.peer,
             )
-        self.setTimeout(self.idle_timeout())
+        self.setTimeout(self.context.limits.tls_handshake_timeout if self.encrypted
+                        else self.idle_timeout())
         bound = self.session_timeout()
         if bound is not None:
             self._session_call = self.context.clock.callLater(bound, self._session_expired)
@@ -284,6 +285,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
     def handshakeCompleted(self) -> None:
         self.encrypted = True
         self.tls_pending = False
+        self.refresh_timeout()  # the handshake's own timeout is over
         self._read_tls_state()
         self.tls_info = connection_info(self.transport) or {}
         if not self.summary_log:
@@ -458,6 +460,8 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
                 n=len(dropped),
             )
         self.tls_pending = True
+        if not self._timeout_held:
+            self.setTimeout(self.context.limits.tls_handshake_timeout)
         self.transport.startTLS(self.context.tls)
 
     @property

@@ -143,6 +143,37 @@ class UpgradeMixin:
         self.assertTrue(t.disconnecting)
         self.assertTrue(lines(t))
 
+    def test_handshake_timeout_implicit_tls(self) -> None:
+        """A client that never finishes its handshake on an implicit-TLS
+        listener is closed after tls_handshake_timeout, not the idle time;
+        once the handshake is done, the state's idle time applies."""
+        clock = Clock()
+        limits = Limits(tls_handshake_timeout=30)
+        proto, t = connect(self.factory_class, self.role, tls="implicit", clock=clock,
+                           limits=limits)
+        clock.advance(29)
+        self.assertFalse(t.disconnecting)
+        clock.advance(2)
+        self.assertTrue(t.disconnecting)
+        proto, t = connect(self.factory_class, self.role, tls="implicit", clock=clock,
+                           limits=limits)
+        clock.advance(20)
+        proto.handshakeCompleted()
+        clock.advance(40)
+        self.assertFalse(t.disconnecting)
+        clock.advance(10_000)
+        self.assertTrue(t.disconnecting)
+
+    def test_handshake_timeout_after_upgrade(self) -> None:
+        clock = Clock()
+        proto, t = connect(self.factory_class, self.role, clock=clock,
+                           limits=Limits(tls_handshake_timeout=30))
+        lines(t)
+        proto.dataReceived(self.upgrade + b"\r\n")
+        self.assertIsNotNone(t.tls_started_with)
+        clock.advance(31)
+        self.assertTrue(t.disconnecting)
+
     def test_bad_commands_limit(self) -> None:
         proto, t = connect(self.factory_class, self.role, limits=Limits(max_bad_commands=3))
         for _ in range(2):
