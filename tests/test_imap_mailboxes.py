@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.config import Limits
 from gateway.imap.mailboxes import ListPattern, decode_name, encode_name, parse_date_time
 from gateway.imap.parser import Atom, ParseError, String
-from gateway.imap.protocol import IMAPFactory
+from gateway.imap.protocol import COMMAND_OVERHEAD, IMAPFactory
 from tests.imap_support import ALICE, SIMPLE, logged_in, send
 from tests.test_protocols import connect, lines
 
@@ -214,6 +214,23 @@ class AppendTests(SynchronousTestCase):
         proto.dataReceived(b"a APPEND INBOX {101}\r\n")
         self.assertEqual(lines(t), [b"a NO [TOOBIG] literal too large"])
         self.assertEqual(send(proto, t, b"b NOOP"), [b"b OK NOOP completed"])
+
+    def test_only_append_takes_a_message_sized_literal(self) -> None:
+        """After login a literal of another command (a SEARCH string, a
+        mailbox name) is bounded by COMMAND_OVERHEAD, not the message size."""
+        proto, t, _ = logged_in()
+        send(proto, t, b"a SELECT INBOX")
+        big = COMMAND_OVERHEAD + 1
+        proto.dataReceived(b"b SEARCH TEXT {%d}\r\n" % big)
+        self.assertEqual(lines(t), [b"b NO [TOOBIG] literal too large"])
+        proto.dataReceived(b"c STATUS {%d}\r\n" % big)
+        self.assertEqual(lines(t), [b"c NO [TOOBIG] literal too large"])
+        proto.dataReceived(b"d uid search charset utf-8 text {5}\r\n")
+        self.assertEqual(lines(t), [b"+ Ready for literal data"])
+        proto.dataReceived(b"hello\r\n")
+        self.assertEqual(lines(t), [b"* SEARCH", b"d OK UID SEARCH completed"])
+        proto.dataReceived(b"e APPEND INBOX {%d}\r\n" % big)
+        self.assertEqual(lines(t), [b"+ Ready for literal data"])
 
     def test_append_bad_arguments(self) -> None:
         proto, t, _ = logged_in()

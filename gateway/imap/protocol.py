@@ -47,7 +47,8 @@ PREAUTH_LITERAL_LIMIT = 8192
 #: passwords.  Without a bound on the whole, a client could chain any number
 #: of small literals into one command held in memory.
 PREAUTH_COMMAND_LIMIT = 65536
-#: After login a command may carry a message (APPEND) and this much more.
+#: After login APPEND may carry a message and this much more; any other
+#: command (a SEARCH string, a mailbox name) this much in all.
 COMMAND_OVERHEAD = 65536
 
 #: The commands that write their own tagged reply (C{do_*}).
@@ -163,11 +164,16 @@ class IMAPServer(MailboxCommands, SelectedCommands, SearchCommand, LineProtocol)
             self._pieces, self._tag, self._command_size = [], None, 0
             self._dropping = False
             return None
+        first = self._pieces[0] if self._pieces else text
         if self.state == "NOT-AUTHENTICATED":
             limit, total = PREAUTH_LITERAL_LIMIT, PREAUTH_COMMAND_LIMIT
-        else:
+        elif first.partition(b" ")[0].upper() == b"APPEND":
             limit = self.context.limits.max_message_size
             total = limit + COMMAND_OVERHEAD
+        else:
+            # Only a message is that large: a 35 MB SEARCH string would be
+            # held in memory, then decoded against every message.
+            limit = total = COMMAND_OVERHEAD
         tag = self._tag
         assert tag is not None
         self._command_size += len(line) + literal.size
