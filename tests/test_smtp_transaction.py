@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gateway.config import Limits
 from gateway.smtp.delivery import Delivery
 from gateway.smtp.policy import PolicySettings
-from gateway.smtp.server import SMTPFactory, SMTPServices
+from gateway.smtp.server import MAX_HOPS, SMTPFactory, SMTPServices
 from gateway.smtp.spool import Spool
 from gateway.store.model import Quota
 from gateway.testing import MemoryStore
@@ -179,6 +179,25 @@ class MXTests(TransactionTestCase):
         proto.dataReceived((b"z" * 900 + b"\r\n") * 12 + b".\r\nNOOP\r\n")
         self.assertEqual(lines(t), [b"552 5.3.4 message exceeds the size limit", b"250 2.0.0 OK"])
         self.assertEqual(self.inbox("bob@example.edu"), [])
+
+    def test_mail_loop_refused(self) -> None:
+        """RFC 5321 section 6.3: over MAX_HOPS Received: fields (in any
+        case) is a loop: refused, nothing stored; at the limit, delivered.
+        Received: lines in the body do not count."""
+        hop = b"Received: from a by b; Thu, 26 Nov 2026 10:00:00 +0000\r\n"
+        for count, stored in ((MAX_HOPS, True), (MAX_HOPS + 1, False)):
+            proto, t = self.open(limits=Limits(max_message_size=100_000))
+            proto.dataReceived(b"MAIL FROM:<x@else.org>\r\nRCPT TO:<bob@example.edu>\r\n"
+                               b"DATA\r\n")
+            lines(t)
+            header = hop * (count - 1) + hop.replace(b"Received", b"RECEIVED")
+            proto.dataReceived(header + b"Subject: s\r\n\r\n" + hop * 200 + b".\r\n")
+            reply = lines(t)
+            if stored:
+                self.assertTrue(reply[0].startswith(b"250 2.0.0 OK"), reply)
+            else:
+                self.assertEqual(reply, [b"554 5.4.6 too many hops (Received: fields): mail loop?"])
+        self.assertEqual(len(self.inbox("bob@example.edu")), 1)
 
     def test_smuggling_refused_and_not_executed(self) -> None:
         proto, t = self.open()

@@ -47,7 +47,21 @@ _DATA_REFUSALS = {
     "size": (552, "5.3.4", "message exceeds the size limit"),
     "bare-newline": (550, "5.6.0", "bare CR or LF in message (RFC 5321 section 2.3.8)"),
     "line-length": (500, "5.5.6", "message line too long"),
+    "hops": (554, "5.4.6", "too many hops (Received: fields): mail loop?"),
 }
+#: RFC 5321 section 6.3: a message with more Received: fields than this is
+#: taken for a loop (the RFC asks for a threshold of at least 100).
+MAX_HOPS = 100
+
+
+def too_many_hops(message: bytes) -> bool:
+    """Does the header of C{message} hold more than L{MAX_HOPS} Received:
+    fields?"""
+    end = message.find(b"\r\n\r\n")
+    header = message if end < 0 else message[:end + 2]
+    if len(header) < MAX_HOPS * 12:  # "Received: x" each: cannot be
+        return False
+    return (b"\n" + header.lower()).count(b"\nreceived:") > MAX_HOPS
 
 
 @dataclass(frozen=True)
@@ -367,8 +381,9 @@ class SMTPServer(LineProtocol):
         self._hold()
         self.hold_timeout()
         self.setLineMode(result.rest)
-        if result.problem is not None:
-            self.reply(*_DATA_REFUSALS[result.problem])
+        problem = result.problem or ("hops" if too_many_hops(result.data) else None)
+        if problem is not None:
+            self.reply(*_DATA_REFUSALS[problem])
             self._resume(None)
             return
         assert self.services is not None
