@@ -92,6 +92,10 @@ class Limits:
     max_connections_per_address: int = 20
     max_auth_failures: int = 3
     max_bad_commands: int = 10
+    # SMTP recipients refused (unknown, relay denied) in one connection
+    # before it is closed (421): a client probing for addresses gets few
+    # answers per connection (Postfix's smtpd_hard_error_limit is 20).
+    max_refused_recipients: int = 20
     idle_timeout_pop3: float = 600.0  # RFC 1939 section 3: at least 10 minutes
     idle_timeout_imap: float = 1800.0  # RFC 3501 section 5.4: at least 30 minutes
     idle_timeout_imap_preauth: float = 60.0

@@ -180,6 +180,19 @@ class MXTests(TransactionTestCase):
         self.assertEqual(lines(t), [b"552 5.3.4 message exceeds the size limit", b"250 2.0.0 OK"])
         self.assertEqual(self.inbox("bob@example.edu"), [])
 
+    def test_refused_recipients_limit(self) -> None:
+        """A client probing for addresses is closed after
+        max_refused_recipients refusals in one connection; temporary
+        refusals (too many recipients) and accepted ones do not count."""
+        proto, t = self.open(limits=Limits(max_message_size=10_000, max_refused_recipients=3))
+        proto.dataReceived(b"MAIL FROM:<x@else.org>\r\nRCPT TO:<bob@example.edu>\r\n"
+                           b"RCPT TO:<nobody1@example.edu>\r\nRCPT TO:<y@elsewhere.net>\r\n")
+        self.assertEqual([line[:3] for line in lines(t)], [b"250", b"250", b"550", b"554"])
+        self.assertFalse(t.disconnecting)
+        proto.dataReceived(b"RCPT TO:<nobody2@example.edu>\r\n")
+        self.assertEqual([line[:9] for line in lines(t)], [b"550 5.1.1", b"421 4.7.0"])
+        self.assertTrue(t.disconnecting)
+
     def test_mail_loop_refused(self) -> None:
         """RFC 5321 section 6.3: over MAX_HOPS Received: fields (in any
         case) is a loop: refused, nothing stored; at the limit, delivered.

@@ -85,6 +85,7 @@ class SMTPServer(LineProtocol):
         self.esmtp = False
         self.envelope: Envelope | None = None
         self.messages = 0
+        self.refused_recipients = 0
         self.reader: DataReader | None = None
         self.services: SMTPServices | None = context.extras.get("smtp")
 
@@ -352,6 +353,13 @@ class SMTPServer(LineProtocol):
                 if self.envelope.dsn is None:
                     self.envelope.dsn = dsn.Transaction()
                 self.envelope.dsn.add(recipient, notices)
+        elif decision.code >= 500:
+            self.refused_recipients += 1
+            if self.refused_recipients >= self.context.limits.max_refused_recipients:
+                self.reply(decision.code, decision.enhanced, decision.text)
+                self.reply(421, "4.7.0", "too many refused recipients, closing connection")
+                self.disconnect()
+                return
         self.reply(decision.code, decision.enhanced, decision.text)
 
     def do_DATA(self, arg: bytes) -> None:
