@@ -78,6 +78,7 @@ import itertools
 import os
 import secrets
 import socket
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -200,6 +201,7 @@ class MaildirStore:
         self._suspending = 0  # index suspensions under way
         self._untrimmed = False  # indexes were suspended since the last release_memory
         self._trimmed_at = float("-inf")
+        self._pending_lock = threading.Lock()  # for _Account.pending
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -331,24 +333,69 @@ class MaildirStore:
         it until L{release}."""
         quota = self._quota_for(acct.name)
 
-        def check(acct: _Account) -> None:
-            if quota.max_bytes is not None and size > quota.max_bytes:
-                raise QuotaExceeded(acct.name, permanent=True)
+        def over(acct: _Account) -> bool:
             assert acct.index is not None
             count, total = acct.index.usage()
-            if (quota.max_messages is not None
+            return (quota.max_messages is not None
                     and count + acct.pending[0] + 1 > quota.max_messages) or (
                     quota.max_bytes is not None
-                    and total + acct.pending[1] + size > quota.max_bytes):
-                raise QuotaExceeded(acct.name)
-            acct.pending[0] += 1
-            acct.pending[1] += size
+                    and total + acct.pending[1] + size > quota.max_bytes)
 
-        return self.serial(acct, check)
+        def check(acct: _Account) -> bool:
+            if quota.max_bytes is not None and size > quota.max_bytes:
+                raise QuotaExceeded(acct.name, permanent=True)
+            # The index counts what it last saw: before refusing, take in
+            # what other programs deleted (a user freeing space with
+            # another client), or the account stays "full" until a session
+            # happens to look at the folder that shrank.  A refusal after
+            # that is returned, not raised: a StoreError rolls the
+            # transaction back, and the recount must be committed.
+            if over(acct) and (not self._recount(acct) or over(acct)):
+                return False
+            with self._pending_lock:
+                acct.pending[0] += 1
+                acct.pending[1] += size
+            return True
+
+        def checked(fits: bool) -> None:
+            if not fits:
+                raise QuotaExceeded(acct.name)
+
+        return self.serial(acct, check).addCallback(checked)
+
+    def _recount(self, acct: _Account) -> bool:
+        """(thread, in the account's lock) Bring the index up to date with
+        each folder whose directories changed since it was last listed.
+        @return: whether anything changed."""
+        assert acct.index is not None
+        changed = False
+        for name in [INBOX, *folders.folder_names(self, acct)]:
+            state = acct.folders.get(name)
+            row = state.row if state is not None and not state.stale else acct.index.folder(name)
+            if row is not None:
+                try:
+                    path = os.path.join(acct.path, folder_dir(name))
+                    if (self.fs.stat(os.path.join(path, "new")).st_mtime_ns == row.new_mtime
+                            and self.fs.stat(os.path.join(path, "cur")).st_mtime_ns
+                            == row.cur_mtime):
+                        continue
+                except FileNotFoundError:
+                    continue  # removed meanwhile: its own lookup says so later
+            try:
+                state = self.folder(acct, name)
+            except NoSuchFolder:
+                continue
+            if state.refresh():
+                acct.touched.add(state)
+                changed = True
+        return changed
 
     def release(self, acct: _Account, size: int) -> None:
-        acct.pending[0] -= 1
-        acct.pending[1] -= size
+        # (on the reactor, while L{reserve}'s check may run in a worker
+        # thread: a read-modify-write each side, so under one lock)
+        with self._pending_lock:
+            acct.pending[0] -= 1
+            acct.pending[1] -= size
 
     def failure(self, f: Failure, what: str, **kw: Any) -> StoreError:
         if isinstance(f.value, StoreError):

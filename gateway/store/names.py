@@ -36,6 +36,8 @@ FOLDER_MARKER = "maildirfolder"
 _LETTER_FLAG = {letter: flag for flag, letter in SYSTEM_FLAGS.items()}
 _FLAG_CASE = {flag.lower(): flag for flag in SYSTEM_FLAGS}
 _FIELD = re.compile(r",([SW])=(\d+)")
+#: Domains whose directory the store uses itself (C{<root>/tmp} is the spool).
+_RESERVED_DOMAINS = frozenset({"tmp"})
 
 
 def storage_failure() -> StoreError:
@@ -57,12 +59,26 @@ def account_parts(account: str) -> tuple[str, str]:
     @raise NoSuchAccount: for a name that cannot be a directory name.
     """
     local, at, domain = account.rpartition("@")
+    if domain.lower() in _RESERVED_DOMAINS:
+        # <root>/tmp is the delivery spool: an account there would mix
+        # with it, and its directory would make the spool's clean-up fail.
+        raise NoSuchAccount(account)
     for part in (local, domain):
         if (not at or not part or part.startswith(".") or "/" in part or "\\" in part
                 or any(ord(c) < 32 or ord(c) == 127 for c in part)
-                or len(part.encode("utf-8", "surrogatepass")) > 255):
+                or not 0 < _utf8_length(part) <= 255):
             raise NoSuchAccount(account)
     return domain, local
+
+
+def _utf8_length(text: str) -> int:
+    """The UTF-8 length of C{text}, or -1 if it has a surrogate: such a
+    name (an undecoded byte, C{surrogateescape}) would be written to disk
+    as the bytes of another name (C{"\\udcc3\\udca9"} as C{"\\xe9"})."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return -1
 
 
 def account_path(root: str, account: str) -> str:
@@ -87,7 +103,10 @@ def normalise(name: str) -> str:
         raise InvalidFolderName(name, "empty hierarchy level")
     if any(ord(c) < 32 or ord(c) == 127 or c in "*%" for c in name):
         raise InvalidFolderName(name, "control character or wildcard")
-    if parts[0].upper() == INBOX:
+    if _utf8_length(name) < 0:  # modified UTF-7 cannot hold it: no LIST would show it
+        raise InvalidFolderName(name, "not Unicode text")
+    # ASCII case only (RFC 3501 section 5.1): "\u0131nbox".upper() is "INBOX".
+    if parts[0].isascii() and parts[0].upper() == INBOX:
         parts[0] = INBOX
     out = "/".join(parts)
     if len(folder_dir(out).encode("utf-8")) > 255:
