@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_pop3_transaction -*-
+# -*- test-case-name: tests.test_pop3_transaction,tests.test_pop3_commands_review -*-
 """
 The POP3 maildrop of one session (RFC 1939 sections 5 and 6): the account's
 INBOX as it was at login, under the store's exclusive POP3 lock, with the
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from gateway.interfaces import IFolderSession, IMailStore
@@ -57,12 +57,16 @@ class Maildrop:
         return [(i, m) for i, m in enumerate(self.messages, 1) if i not in self.deleted]
 
     def commit(self) -> Deferred[Any]:
-        """The UPDATE state: remove the deleted messages, all at once."""
+        """
+        The UPDATE state: remove the deleted messages, all at once.
+
+        @return: a L{Deferred}, failing (never raising) if the store does:
+            the caller must still reach L{close}, which releases the lock.
+        """
         uids = [self.messages[i - 1].uid for i in sorted(self.deleted)]
-        d: Deferred[Any] = self.session.delete(uids) if uids else Deferred()
         if not uids:
-            d.callback([])
-        return d
+            return succeed([])
+        return maybeDeferred(self.session.delete, uids)
 
     def close(self) -> Deferred[None]:
         """
@@ -77,7 +81,9 @@ class Maildrop:
                 if "\\Seen" not in self.messages[i - 1].flags]
         d: Deferred[Any] = succeed(None)
         if seen and not self.session.readonly:
-            d = self.session.set_flags(seen, ["\\Seen"], "add")
+            # (maybeDeferred: a store that raises must not keep the lock,
+            # taken out of self._release above, for ever.)
+            d = maybeDeferred(self.session.set_flags, seen, ["\\Seen"], "add")
             d.addErrback(lambda f: _log.failure("marking retrieved messages seen", f))
 
         def finish(_: Any) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -80,6 +79,9 @@ class POP3Server(LineProtocol):
         self.flow: FlowGate | None = None
         #: The message being streamed, while its multi-line reply is open.
         self.streaming: MessageProducer | None = None
+        #: connectionLost has run.  The transport's C{disconnecting} says so
+        #: only when we closed: not after a reset or a close by the client.
+        self.lost = False
 
     def idle_timeout(self) -> float:
         return self.context.limits.idle_timeout_pop3
@@ -107,9 +109,10 @@ class POP3Server(LineProtocol):
 
     def greet(self) -> None:
         # RFC 1939 section 7: the APOP timestamp must be unique per greeting;
-        # it comes from the CSPRNG and names no process id.
+        # it comes from the CSPRNG and names no process id.  The time is
+        # the listener's clock (house style: no global time below the root).
         self.apop_timestamp = b"<%d.%s@%s>" % (
-            int(time.time()),
+            int(self.context.clock.seconds()),
             secrets.token_hex(8).encode("ascii"),
             self.context.hostname.encode("idna"),
         )
@@ -199,6 +202,10 @@ class POP3Server(LineProtocol):
     def do_USER(self, rest: bytes) -> None:
         if not self._in_authorization():
             return
+        # RFC 1939 section 7: PASS only right after a successful USER, so
+        # a refused USER leaves no earlier name waiting (nor do APOP and
+        # AUTH, below).
+        self.user = None
         if not self.plaintext_allowed:
             self.send(ERR, "[AUTH] plain-text login refused before TLS; use STLS")
             return
@@ -225,6 +232,7 @@ class POP3Server(LineProtocol):
     def do_APOP(self, rest: bytes) -> Any:
         if not self._in_authorization():
             return None
+        self.user = None
         parts = rest.split()
         if not self.apop_enabled or len(parts) != 2:
             self.send(ERR, "APOP needs a name and a digest" if self.apop_enabled
@@ -239,6 +247,7 @@ class POP3Server(LineProtocol):
     def do_AUTH(self, rest: bytes) -> None:
         if not self._in_authorization():
             return
+        self.user = None
         if not rest.strip():
             # The RFC 1734 listing many clients still ask for.
             self.send(OK, "methods follow")
@@ -258,6 +267,13 @@ class POP3Server(LineProtocol):
             self.send(ERR, "unsupported authentication mechanism")
 
     def _login_finished(self, outcome: Outcome) -> Any:
+        if self.lost:
+            # The client went away while its credentials were checked: the
+            # realm's logout (set after connectionLost ran) is ours to call,
+            # and no maildrop may be locked for nobody.
+            if isinstance(outcome, LoggedIn):
+                self._abandon_login()
+            return None
         if isinstance(outcome, LoggedIn):
             if not self.factory.login_delay.allowed(outcome.account):
                 # RFC 2449 section 8.1.1, once the credentials are proven
@@ -285,12 +301,16 @@ class POP3Server(LineProtocol):
     def _open_maildrop(self, account: str) -> Any:
         store = self.context.extras.get("store")
         if store is None:
+            self._abandon_login()
             self.send(ERR, "[SYS/PERM] no mail store configured")
             return None
 
         def opened(maildrop: Maildrop) -> None:
-            if self.transport is None or self.transport.disconnecting:
+            if self.lost or self.transport is None or self.transport.disconnecting:
+                # Closed or lost while the lock was taken: connectionLost
+                # found no maildrop to close, so the lock is released here.
                 maildrop.close()
+                self._abandon_login()
                 return
             self.maildrop = maildrop
             self.read_ahead = ReadAhead(maildrop, SMALL_MESSAGE)
@@ -539,7 +559,10 @@ class POP3Server(LineProtocol):
 
         d = maildrop.commit().addBoth(close_then).addCallbacks(done, failed)
         d.addBoth(lambda _: self.disconnect())
-        return self.serialize(d)
+        # The removal is our work, the client waits for its result: an idle
+        # timeout meanwhile would answer "-ERR idle timeout" and then, once
+        # the store is done, "+OK bye" on the closing connection.
+        return self.serialize(d, hold_timeout=True)
 
     def disconnect(self) -> None:
         # A registered producer would keep a TLS transport from closing; a
@@ -560,6 +583,7 @@ class POP3Server(LineProtocol):
         # is under way (a read in the store's thread, a wait for the
         # client, a message being streamed) ends without a word: the
         # transport may not have stopped our producers itself.
+        self.lost = True
         if self.flow is not None:
             self.flow.stopProducing()
         if self.streaming is not None:
