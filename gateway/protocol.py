@@ -170,6 +170,9 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         self.auth_failures = 0
         self.account: str | None = None
         self.logout: Any = None
+        #: connectionLost has run (the transport's C{disconnecting} tells
+        #: only of a close of ours, not of the client's or a reset).
+        self.connection_lost = False
         self.mechanism: str | None = None
         self._close_call: Any = None  # the abort after disconnect's grace
         self._session_call: Any = None  # the bound on the whole connection
@@ -221,6 +224,7 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
         # section 7.1; RFC 5802 section 6 downgrade detection).
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.connection_lost = True
         self.setTimeout(None)
         if self._close_call is not None:
             if self._close_call.active():
@@ -620,6 +624,15 @@ class LineProtocol(basic.LineReceiver, policies.TimeoutMixin):
 
     def _authenticated(self, outcome: Outcome) -> Outcome:
         self.exchange = None
+        if isinstance(outcome, LoggedIn) and self.connection_lost:
+            # The client left while the portal worked: connectionLost found
+            # no logout to call, so the realm's session ends here.
+            try:
+                outcome.logout()
+            except Exception:
+                self.log.failure("{listener}: logout of {peer} failed",
+                                 listener=self.context.listener.name, peer=self.peer)
+            return outcome
         if isinstance(outcome, LoggedIn):
             self.account = outcome.account
             self.mechanism = outcome.mechanism

@@ -8,7 +8,9 @@ under pipelining, failure limits.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -397,3 +399,44 @@ class SMTPAuthTests(SynchronousTestCase):
         proto.dataReceived(b"AUTH PLAIN " + plain("bob@example.edu", "battery staple") + b"\r\n")
         clock.advance(30)
         self.assertEqual(lines(t), [b"454 4.7.0 temporary authentication failure"])
+
+
+class LostDuringLoginTests(SynchronousTestCase):
+    """A client that leaves while the portal checks its credentials: the
+    realm's logout still runs (IMAP and SMTP; POP3 in its own review)."""
+
+    def check(self, factory: object, role: str, command: bytes) -> None:
+        proto, t = upgraded(factory, role)
+        portal = proto.context.portal
+        real_login = portal.login
+        held: list[tuple[Deferred[Any], Deferred[Any]]] = []
+
+        def login(*a: Any) -> Deferred[Any]:
+            later: Deferred[Any] = Deferred()
+            held.append((real_login(*a), later))
+            return later
+
+        portal.login = login
+        proto.dataReceived(command)
+        proto.connectionLost(None)
+        calls: list[str] = []
+        [(now, later)] = held
+
+        def spy(result: Any) -> Any:
+            interface, avatar, logout = result
+
+            def logged_out() -> None:
+                calls.append("logout")
+                logout()
+            return interface, avatar, logged_out
+
+        now.addCallback(spy).chainDeferred(later)
+        self.assertEqual(calls, ["logout"])
+        self.assertIsNone(proto.account)
+
+    def test_imap(self) -> None:
+        self.check(IMAPFactory, "imap", b'a LOGIN alice@example.edu "correct horse"\r\n')
+
+    def test_smtp(self) -> None:
+        self.check(SMTPFactory, "submission",
+                   b"EHLO c\r\nAUTH PLAIN " + plain("alice@example.edu", "correct horse") + b"\r\n")
