@@ -401,36 +401,47 @@ class SMTPAuthTests(SynchronousTestCase):
         self.assertEqual(lines(t), [b"454 4.7.0 temporary authentication failure"])
 
 
+def login_answered_after_loss(proto: Any, send: Any) -> list[str]:
+    """
+    Hold the portal's answer to the login C{send()} makes, lose the
+    connection, then let the login succeed.
+
+    @return: C{["logout"]} once the realm's logout has run, else C{[]}.
+    """
+    portal = proto.context.portal
+    real_login = portal.login
+    held: list[tuple[Deferred[Any], Deferred[Any]]] = []
+
+    def login(*a: Any) -> Deferred[Any]:
+        later: Deferred[Any] = Deferred()
+        held.append((real_login(*a), later))
+        return later
+
+    portal.login = login
+    send()
+    proto.connectionLost(None)
+    calls: list[str] = []
+    [(now, later)] = held
+
+    def spy(result: Any) -> Any:
+        interface, avatar, logout = result
+
+        def logged_out() -> None:
+            calls.append("logout")
+            logout()
+        return interface, avatar, logged_out
+
+    now.addCallback(spy).chainDeferred(later)
+    return calls
+
+
 class LostDuringLoginTests(SynchronousTestCase):
     """A client that leaves while the portal checks its credentials: the
     realm's logout still runs (IMAP and SMTP; POP3 in its own review)."""
 
     def check(self, factory: object, role: str, command: bytes) -> None:
         proto, t = upgraded(factory, role)
-        portal = proto.context.portal
-        real_login = portal.login
-        held: list[tuple[Deferred[Any], Deferred[Any]]] = []
-
-        def login(*a: Any) -> Deferred[Any]:
-            later: Deferred[Any] = Deferred()
-            held.append((real_login(*a), later))
-            return later
-
-        portal.login = login
-        proto.dataReceived(command)
-        proto.connectionLost(None)
-        calls: list[str] = []
-        [(now, later)] = held
-
-        def spy(result: Any) -> Any:
-            interface, avatar, logout = result
-
-            def logged_out() -> None:
-                calls.append("logout")
-                logout()
-            return interface, avatar, logged_out
-
-        now.addCallback(spy).chainDeferred(later)
+        calls = login_answered_after_loss(proto, lambda: proto.dataReceived(command))
         self.assertEqual(calls, ["logout"])
         self.assertIsNone(proto.account)
 

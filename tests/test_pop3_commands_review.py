@@ -25,7 +25,8 @@ from gateway.pop3.protocol import POP3Factory
 from gateway.protocol import ListenerContext
 from gateway.store.maildir import MaildirStore
 from gateway.testing import MemoryStore
-from tests.test_pop3_readahead_review import HeldThreads
+from tests.test_auth_protocols import login_answered_after_loss
+from tests.test_pop3_readahead_review import HeldThreads, lock_is_free, stored_messages
 from tests.test_pop3_transaction import send
 from tests.test_protocols import MECHANISMS, TLS, auth_stack, connect, lines
 
@@ -88,19 +89,10 @@ class Base(SynchronousTestCase):
         return c
 
     def lock_is_free(self, account: str = BOB) -> bool:
-        result: list[Any] = []
-        self.store.lock_pop3(account).addBoth(result.append)
-        if result and callable(result[0]):
-            result[0]()
-            return True
-        return False
+        return lock_is_free(self.store, account)
 
     def stored(self) -> list[Any]:
-        session = self.successResultOf(self.store.open_folder(BOB, "INBOX"))
-        try:
-            return list(session.messages())
-        finally:
-            session.close()
+        return stored_messages(self, self.store)
 
 
 # -- states ---------------------------------------------------------------------------
@@ -467,32 +459,9 @@ class QuitTests(Base):
     def test_connection_lost_during_password_check(self) -> None:
         """The same when the connection ends before the portal answers: the
         realm's logout runs and nothing is locked."""
-        calls: list[str] = []
         store = self.store
         c = self.client()
-        portal = c.proto.context.portal
-        real_login = portal.login
-        held: list[tuple[Deferred[Any], Deferred[Any]]] = []
-
-        def login(*a: Any) -> Deferred[Any]:
-            later: Deferred[Any] = Deferred()
-            held.append((real_login(*a), later))
-            return later
-
-        portal.login = login
-        c(BOB_LOGIN)
-        c.proto.connectionLost(None)
-        now, later = held.pop()
-
-        def spy(result: Any) -> Any:
-            avatar_interface, avatar, logout = result
-
-            def logged_out() -> None:
-                calls.append("logout")
-                logout()
-            return avatar_interface, avatar, logged_out
-
-        now.addCallback(spy).chainDeferred(later)
+        calls = login_answered_after_loss(c.proto, lambda: c(BOB_LOGIN))
         self.assertEqual(calls, ["logout"])
         self.assertIs(store, self.store)
         self.assertTrue(self.lock_is_free())

@@ -94,6 +94,25 @@ MAILBOX = [
 ]
 
 
+
+def stored_messages(test: Any, store: Any) -> list[Any]:
+    """The messages of bob's INBOX in C{store}, as a new session sees them."""
+    session = test.successResultOf(store.open_folder(BOB, "INBOX"))
+    try:
+        return list(session.messages())
+    finally:
+        session.close()
+
+
+def lock_is_free(store: Any, account: str = BOB) -> bool:
+    """Can the POP3 lock of C{account} be taken now?  (It is given back at once.)"""
+    result: list[Any] = []
+    store.lock_pop3(account).addBoth(result.append)
+    if result and callable(result[0]):
+        result[0]()
+        return True
+    return False
+
 class PullPacedTransport(PacedTransport):
     """
     L{PacedTransport} with pull producers driven as Twisted's TCP transport
@@ -223,12 +242,7 @@ class Mixin:
         return proto, t
 
     def lock_is_free(self) -> bool:
-        result: list[Any] = []
-        self.store.lock_pop3(BOB).addBoth(result.append)
-        if result and callable(result[0]):
-            result[0]()
-            return True
-        return False
+        return lock_is_free(self.store)
 
     def path_of(self, data: bytes) -> str:
         """The Maildir file of the message C{data}."""
@@ -241,11 +255,7 @@ class Mixin:
         raise AssertionError("no such file")
 
     def stored(self) -> list[Any]:
-        session = self.successResultOf(self.store.open_folder(BOB, "INBOX"))
-        try:
-            return list(session.messages())
-        finally:
-            session.close()
+        return stored_messages(self, self.store)
 
 
 # -- the bytes on the wire ----------------------------------------------------------

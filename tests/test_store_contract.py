@@ -497,13 +497,23 @@ class MemoryStoreContractTests(StoreContract, SynchronousTestCase):
         return MemoryStore(clock=self.clock, **kw)
 
 
-class MaildirStoreContractTests(StoreContract, SynchronousTestCase):
+class MaildirStoreFactory:
+    """C{make_store} for the contract tests: a MaildirStore on a temporary
+    directory, its work run synchronously."""
+
+    clock: Any
+    mktemp: Any
+    addCleanup: Any
+
     def make_store(self, **kw: Any) -> Any:
         root = FilePath(self.mktemp())
         store = MaildirStore(root.path, run_in_thread=synchronous, clock=self.clock,
                              hostname="test.example", **kw)
         self.addCleanup(store.close)
         return store
+
+
+class MaildirStoreContractTests(MaildirStoreFactory, StoreContract, SynchronousTestCase):
 
     def test_nothing_runs_on_the_caller_thread(self) -> None:
         """Every disk operation goes through run_in_thread: with a runner

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.store.maildir import MaildirStore
@@ -26,7 +25,14 @@ from gateway.store.model import (
 )
 from gateway.testing import MemoryStore
 from tests.test_store_batch_faults import BatchFaultCase, IndexFailsOnce, crlf
-from tests.test_store_contract import ALICE, BOB, CRLF, MESSAGE, StoreContract, synchronous
+from tests.test_store_contract import (
+    ALICE,
+    BOB,
+    CRLF,
+    MESSAGE,
+    MaildirStoreFactory,
+    StoreContract,
+)
 from tests.test_store_maildir import ManualRunner, files
 
 
@@ -169,13 +175,8 @@ class MemoryMoreContractTests(MoreContract, SynchronousTestCase):
         return MemoryStore(clock=self.clock, **kw)
 
 
-class MaildirMoreContractTests(MoreContract, SynchronousTestCase):
-    def make_store(self, **kw: Any) -> Any:
-        root = FilePath(self.mktemp())
-        store = MaildirStore(root.path, run_in_thread=synchronous, clock=self.clock,
-                             hostname="test.example", **kw)
-        self.addCleanup(store.close)
-        return store
+class MaildirMoreContractTests(MaildirStoreFactory, MoreContract, SynchronousTestCase):
+    pass
 
 
 class QuotaReservationTests(BatchFaultCase):
