@@ -123,7 +123,8 @@ def transfer_decoded(part: mime.Part) -> bytes:
     """The part's body with its Content-Transfer-Encoding undone (RFC 2045
     section 6); an unknown encoding is left as it is."""
     encoding = (mime.unfold(mime.header(part.message, "content-transfer-encoding")) or "")
-    encoding = encoding.strip().lower()
+    # As BODYSTRUCTURE reads it: comments and quotes go (RFC 2045 section 6.1).
+    encoding = mime.split_params(encoding)[0].lower()
     body = part.body
     if encoding == "base64":
         try:

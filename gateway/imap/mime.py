@@ -22,6 +22,7 @@ valid under the formal syntax (section 9), whatever the input.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser
@@ -48,7 +49,11 @@ def nstring(value: bytes | str | None) -> bytes:
         return b"NIL"
     if isinstance(value, str):
         value = value.encode("utf-8", "surrogateescape")
-    if any(c in (0x0D, 0x0A, 0x00) or c > 0x7F for c in value):
+    if b"\0" in value:
+        # RFC 3501 section 9: neither a quoted string nor a literal (CHAR8)
+        # may hold NUL; Dovecot shows it as U+FFFD.
+        value = value.replace(b"\0", "\ufffd".encode())
+    if any(c in (0x0D, 0x0A) or c > 0x7F for c in value):
         return literal(value)
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
@@ -92,14 +97,16 @@ class Part:
     message: Message
     children: list[Part] = field(default_factory=list)
     overflow: bool = False  # nested too deep to be split
+    #: The lower-case media type (L{content_type}).
+    content_type: str = "text/plain"
 
     @property
     def maintype(self) -> str:
-        return "application" if self.overflow else self.message.get_content_maintype()
+        return "application" if self.overflow else self.content_type.partition("/")[0]
 
     @property
     def subtype(self) -> str:
-        return "octet-stream" if self.overflow else self.message.get_content_subtype()
+        return "octet-stream" if self.overflow else self.content_type.partition("/")[2]
 
     @property
     def is_multipart(self) -> bool:
@@ -113,25 +120,29 @@ class Part:
         return self.maintype == "message" and self.subtype == "rfc822"
 
 
+# The blank line that ends a header block; bare LF line ends are read too
+# (a Maildir filled by another program may hold them), as Dovecot does.
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MEDIA_TYPE = re.compile(r"[^\x00-\x20\x7f()<>@,;:\\\"/\[\]?=]+/[^\x00-\x20\x7f()<>@,;:\\\"/\[\]?=]+\Z")
+
+
 def parse(data: bytes, depth: int = 0, default: str = "text/plain") -> Part:
     """Split a message (or a part) into its L{Part} tree."""
-    if data.startswith(b"\r\n"):
-        header, body = b"\r\n", data[2:]
+    if data.startswith(b"\r\n") or data.startswith(b"\n"):
+        size = 2 if data.startswith(b"\r\n") else 1
+        head, body = data[:size], data[size:]
     else:
-        end = data.find(b"\r\n\r\n")
-        header, body = (data, b"") if end < 0 else (data[:end + 4], data[end + 4:])
-    message = _HEADER_PARSER.parsebytes(header)
-    if message.get("content-type") is None:
-        message.set_default_type(default)
-    part = Part(header, body, message)
+        found = _HEADER_END.search(data)
+        head, body = (data, b"") if found is None else (
+            data[:found.end()], data[found.end():])
+    message = _HEADER_PARSER.parsebytes(head)
+    content_type = unfold(header(message, "content-type"))
+    part = Part(head, body, message, content_type=media_type(content_type, default))
     if depth > MAX_DEPTH:  # a bomb of nested parts; stop looking
         part.overflow = part.maintype in ("multipart", "message")
         return part
     if part.maintype == "multipart":
-        try:
-            boundary = message.get_boundary()
-        except (ValueError, LookupError, UnicodeError):
-            boundary = None
+        boundary = _boundary(content_type or "")
         if boundary:
             child_default = "message/rfc822" if part.subtype == "digest" else "text/plain"
             part.children = [parse(chunk, depth + 1, child_default)
@@ -141,33 +152,76 @@ def parse(data: bytes, depth: int = 0, default: str = "text/plain") -> Part:
     return part
 
 
+def media_type(content_type: str | None, default: str = "text/plain") -> str:
+    """
+    The lower-case C{type/subtype} of a Content-Type value: C{default}
+    when there is none, and text/plain when it is not a valid media type
+    (RFC 2045 section 5.2).  Comments and white space around the C{/} go
+    (RFC 2045 section 5.1 is a structured field).
+    """
+    if content_type is None:
+        return default
+    first = re.sub(r"\s+", "", split_params(content_type)[0]).lower()
+    return first if _MEDIA_TYPE.match(first) else "text/plain"
+
+
+def _boundary(content_type: str) -> str | None:
+    """The boundary parameter, with L{split_params} (linear in the value,
+    unlike C{email.message.Message.get_boundary}, which is quadratic in
+    the number of semicolons inside a quoted string)."""
+    for name, value in merge_rfc2231(split_params(content_type)[1]):
+        if name.lower() == "boundary":
+            return value.rstrip() or None
+        if name.lower() == "boundary*":  # charset'language'percent-encoded
+            text = urllib.parse.unquote(value.split("'", 2)[-1], "utf-8", "surrogateescape")
+            return text.rstrip() or None
+    return None
+
+
 def _split(body: bytes, boundary: bytes) -> list[bytes]:
     # RFC 2046 section 5.1.1: the CRLF before a delimiter belongs to it.
-    delimiter = re.compile(rb"(?:\A|\r\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r\n|\Z)")
+    # The line end after a delimiter is looked at, not taken, so that an
+    # empty part (a delimiter line right after another) is seen, as in
+    # Dovecot; a bare LF is read as a line end.
+    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(boundary)
+                           + rb"(--)?[ \t]*(?=\r?\n|\Z)")
     chunks: list[bytes] = []
     start = None
     for match in delimiter.finditer(body):
         if start is not None:
-            chunks.append(body[start:match.start()])
+            chunks.append(body[start:max(start, match.start())])
         if match.group(1):
             return chunks
-        start = match.end()
+        end = match.end()
+        start = end + (2 if body.startswith(b"\r\n", end) else 1 if end < len(body) else 0)
     if start is not None:
         chunks.append(body[start:])
     return chunks
 
 
 def find(root: Part, numbers: tuple[int, ...]) -> Part | None:
-    """The part named by a section's numbers (RFC 3501 section 6.4.5)."""
+    """
+    The part named by a section's numbers (RFC 3501 section 6.4.5), or
+    C{None} when there is none.  A message's parts are those of its
+    multipart body, or else its body alone as part 1; a message/rfc822
+    part's parts are those of the message inside it (also at the top:
+    C{BODY[1.1]} of a message/rfc822 message is the inner body).  A
+    non-multipart message has only a part 1 (C{BODY[1.1]} of a text/plain
+    message does not exist); like Dovecot, a leaf of a multipart takes
+    one more C{.1} as itself.
+    """
     part = root
+    state = "message"  # or "part" (of a multipart), or "one" (taken as a part 1)
     for n in numbers:
-        if part.is_rfc822 and part is not root:
-            part = part.children[0]
+        if state != "message" and part.is_rfc822:
+            part, state = part.children[0], "message"
         if part.is_multipart:
-            if n > len(part.children):
+            if not 1 <= n <= len(part.children):
                 return None
-            part = part.children[n - 1]
-        elif n != 1:
+            part, state = part.children[n - 1], "part"
+        elif n == 1 and state != "one":
+            state = "one"
+        else:
             return None
     return part
 
@@ -178,7 +232,7 @@ def header_fields(header: bytes, names: list[bytes], exclude: bool) -> bytes:
     wanted = {n.lower() for n in names}
     out: list[bytes] = []
     keep = False
-    for line in header.split(b"\r\n"):
+    for line in re.split(rb"\r?\n", header):  # bare LF line ends too
         if not line:
             continue
         if line[:1] in (b" ", b"\t"):
