@@ -9,6 +9,7 @@ status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -166,19 +167,51 @@ def cmd_policy_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
         if found is None:
             print(f"mailgateway: no account {args.auth!r}", file=err)
             return 1
+        if not found.enabled:
+            # The gateway refuses its logins: no session is authenticated as it.
+            print(f"mailgateway: account {found.name} is disabled: it cannot authenticate",
+                  file=err)
+            return 1
         account = found.name
+    try:
+        client = str(ipaddress.ip_address(args.client))
+    except ValueError:
+        print(f"mailgateway: --client {args.client!r} is not an IP address", file=err)
+        return 1
+    # The addresses as the server has them after parsing MAIL FROM and
+    # RCPT TO (SMTPUTF8 assumed): a malformed one never reaches the policy.
+    try:
+        sender = _envelope_address("--from", args.sender, null_ok=True)
+        recipients = [_envelope_address("--to", rcpt, postmaster_ok=True) for rcpt in args.to]
+    except ValueError as e:
+        print(f"mailgateway: {e}", file=err)
+        return 1
     settings = PolicySettings.from_config(config)
-    session = Session(listener.role, args.client, listener.tls == "implicit", account)
-    print(f"listener {listener.name} ({listener.role}), client {args.client}, "
+    session = Session(listener.role, client, listener.tls == "implicit", account)
+    print(f"listener {listener.name} ({listener.role}), client {client}, "
           f"{'authenticated as ' + account if account else 'not authenticated'}", file=out)
     refused = False
-    for what, decision in explain(settings, book, session,
-                                  args.sender, args.to):
+    for what, decision in explain(settings, book, session, sender, recipients):
         verdict = "accept" if decision.accept else "REFUSE"
         print(f"  {what:<40} {verdict:<6} {decision.reply():<55} rule: {decision.rule}",
               file=out)
         refused = refused or not decision.accept
     return 2 if refused else 0
+
+
+def _envelope_address(option: str, text: str, *, null_ok: bool = False,
+                      postmaster_ok: bool = False) -> str:
+    """C{text} (with or without its angle brackets) parsed as the server
+    parses a path.  @raise ValueError: naming the option, with the server's
+    reply."""
+    from gateway.smtp.address import AddressError, parse_path
+
+    path = text if text.startswith("<") and text.endswith(">") else f"<{text}>"
+    try:
+        return parse_path(path, utf8=True, null_ok=null_ok, postmaster_ok=postmaster_ok)
+    except AddressError as e:
+        raise ValueError(f"{option} {text!r}: {e.text} (the server answers {e.code} "
+                         f"{e.enhanced})") from None
 
 
 def parser() -> argparse.ArgumentParser:

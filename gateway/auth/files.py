@@ -21,16 +21,19 @@ def atomic_write(path: str, data: bytes, *, fsync: Callable[[int], None] = os.fs
     Replace C{path} by C{data}: a 0600 temp file, write, fsync, rename, fsync
     dir.  The file keeps its owner and group when we may set them (an admin
     running as root must not make the users file unreadable to the gateway).
+    A symbolic link is followed: its target is replaced, the link stays.
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
     fd, temp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
     try:
         try:
-            old = os.stat(path)
-            os.fchown(fd, old.st_uid, old.st_gid)
-        except (FileNotFoundError, PermissionError):
-            pass
-        with os.fdopen(fd, "wb") as f:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
+            _keep_owner(f.fileno(), path)
             f.write(data)
             f.flush()
             fsync(f.fileno())
@@ -48,6 +51,17 @@ def atomic_write(path: str, data: bytes, *, fsync: Callable[[int], None] = os.fs
         os.close(dfd)
 
 
+def _keep_owner(fd: int, path: str) -> None:
+    """Give C{fd} the owner and group of C{path}, when it exists and we may."""
+    try:
+        old = os.stat(path)
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (old.st_uid, old.st_gid):
+            os.fchown(fd, old.st_uid, old.st_gid)
+    except (FileNotFoundError, PermissionError):
+        pass
+
+
 def locked(path: str) -> Any:
     """An exclusive C{flock} on C{path + ".lock"} (a context manager)."""
     return _Lock(path + ".lock")
@@ -59,7 +73,15 @@ class _Lock:
 
     def __enter__(self) -> None:
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            # The lock file belongs to whoever owns the file it guards: one
+            # created by an admin running as root must still be opened by
+            # the gateway (its OTP advances and SCRAM upgrades lock too).
+            _keep_owner(self._fd, self._path.removesuffix(".lock"))
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def __exit__(self, *exc: object) -> None:
         os.close(self._fd)  # closing releases the lock

@@ -62,9 +62,20 @@ class Terminal:
 
 
 def read_secret(term: Terminal, from_stdin: bool, what: str = "password") -> str:
-    """First line of stdin, or a prompt answered twice alike."""
+    """
+    First line of stdin (without its LF or CR LF), or a prompt answered twice
+    alike.
+
+    @raise CommandError: empty, not UTF-8, or with a control character (no
+        client could send it: NUL ends a SASL PLAIN field, and SASLprep,
+        RFC 4013 section 2.3, prohibits them all).  The message never
+        quotes the secret.
+    """
     if from_stdin:
-        line = term.stdin.readline()
+        try:
+            line = term.stdin.readline()
+        except UnicodeDecodeError:  # a strict UTF-8 stdin
+            raise CommandError(f"the {what} is not valid UTF-8") from None
         secret = line[:-1] if line.endswith("\n") else line
         secret = secret[:-1] if secret.endswith("\r") else secret
     else:
@@ -76,6 +87,10 @@ def read_secret(term: Terminal, from_stdin: bool, what: str = "password") -> str
             raise CommandError(f"no {what} given") from None
     if not secret:
         raise CommandError(f"empty {what}")
+    if any("\ud800" <= c <= "\udfff" for c in secret):  # surrogateescape'd bytes
+        raise CommandError(f"the {what} is not valid UTF-8")
+    if any(ord(c) < 32 or ord(c) == 127 for c in secret):
+        raise CommandError(f"the {what} contains a control character")
     return secret
 
 
@@ -103,7 +118,7 @@ def user_add(users_path: str, account: str, term: Terminal, *, addresses: Iterab
              legacy: Iterable[str] = (), disabled: bool = False, password_stdin: bool = False,
              default_domain: str | None = None, iterations: int = DEFAULT_ITERATIONS) -> None:
     name = account_name(account, default_domain)
-    aliases = tuple(dict.fromkeys(account_name(a) for a in addresses))
+    aliases = tuple(dict.fromkeys(account_name(a, default_domain) for a in addresses))
     mechanisms = tuple(sorted(set(legacy)))
     unknown = set(mechanisms) - set(LEGACY_MECHANISMS)
     if unknown:
@@ -133,6 +148,10 @@ def user_passwd(users_path: str, account: str, term: Terminal, *, password_stdin
 
     def change(accounts: dict[str, Account]) -> None:
         old = _existing(accounts, name)
+        # The OTP state is kept (a separate credential), and its pass phrase
+        # must stay different from the password, as otp-init requires.
+        if old.otp is not None and _is_otp_passphrase(old.otp, password):
+            raise CommandError("the password must differ from the account's OTP pass phrase")
         # A secret with no legacy mechanism (an import) is not renewed: dropped.
         legacy = old.legacy and old.legacy.mechanisms and Legacy(old.legacy.mechanisms, password)
         accounts[name] = replace(old, scram=_scram(name, password, iterations),
@@ -140,6 +159,33 @@ def user_passwd(users_path: str, account: str, term: Terminal, *, password_stdin
 
     users.update(change)
     print(f"changed the password of {name}", file=term.stdout)
+
+
+def _is_otp_passphrase(state: OTPState, secret: str) -> bool:
+    """Is C{secret} the pass phrase of C{state}?  The stored key is always
+    the OTP for C{state.sequence} (the one set or the last accepted)."""
+    if len(secret) < _otp.MIN_PASSPHRASE:
+        return False
+    try:
+        return _otp.otp(state.algorithm, secret, state.seed, state.sequence) == state.key
+    except ValueError:
+        return False
+
+
+def user_enable(users_path: str, account: str, term: Terminal, *, enabled: bool = True,
+                default_domain: str | None = None) -> None:
+    """Enable (or disable) an account: a disabled one cannot log in; it keeps
+    its keys, OTP state and addresses."""
+    name = account_name(account, default_domain)
+    word = "enabled" if enabled else "disabled"
+
+    def change(accounts: dict[str, Account]) -> bool:
+        old = _existing(accounts, name)
+        accounts[name] = replace(old, enabled=enabled)
+        return old.enabled != enabled
+
+    changed = UsersFile(users_path).update(change)[0]
+    print(f"{word} {name}" if changed else f"{name} is already {word}", file=term.stdout)
 
 
 def user_del(users_path: str, account: str, term: Terminal, *,
@@ -260,7 +306,8 @@ def resolve_from_config(args: argparse.Namespace) -> tuple[str | None, str | Non
         try:
             config = load(args.config)
         except ConfigError as e:
-            problems = "; ".join(p + ": " + m for p, m in e.problems)
+            problems = "; ".join(m if p == args.config else p + ": " + m
+                                 for p, m in e.problems)
             raise CommandError(f"{args.config}: {problems}") from None
         users = users or (str(config.auth.users) if config.auth.users else None)
         state = state or str(config.server.state_dir)
@@ -294,7 +341,9 @@ def add_subparsers(subparsers: Any, resolve: Resolver = resolve_from_config) -> 
     p = us.add_parser("passwd", parents=[common, pw], help="set an account's password")
     p.add_argument("account")
     p.set_defaults(func=handler("passwd"))
-    for action, text in (("del", "delete an account"), ("show", "describe an account")):
+    for action, text in (("del", "delete an account"), ("show", "describe an account"),
+                         ("enable", "let a disabled account log in again"),
+                         ("disable", "refuse an account's logins (its keys are kept)")):
         p = us.add_parser(action, parents=[common], help=text)
         p.add_argument("account")
         p.set_defaults(func=handler(action))
@@ -342,6 +391,8 @@ def run(command: str, args: argparse.Namespace, out: TextIO, err: TextIO,
         elif command == "otp-init":
             user_otp_init(users, args.account, term, algorithm=args.algorithm, seed=args.seed,
                           count=args.count, password_stdin=args.password_stdin, **kw)
+        elif command in ("enable", "disable"):
+            user_enable(users, args.account, term, enabled=command == "enable", **kw)
         else:
             {"del": user_del, "show": user_show}[command](users, args.account, term, **kw)
     except CommandError as e:
@@ -350,7 +401,13 @@ def run(command: str, args: argparse.Namespace, out: TextIO, err: TextIO,
     except UsersFileError as e:
         print(f"mailgateway: {e.one_line()}", file=err)
         return 1
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        # "PATH: reason", without "[Errno 2]" (the lock file's path is the
+        # users file's: it is created next to it).
+        where = os.fspath(e.filename).removesuffix(".lock") if e.filename else None
+        print(f"mailgateway: {where + ': ' if where else ''}{e.strerror or e}", file=err)
+        return 1
+    except ValueError as e:
         print(f"mailgateway: {e}", file=err)
         return 1
     return 0

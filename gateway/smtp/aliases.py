@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MAX_DEPTH = 8
-_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+(@[A-Za-z0-9.-]+)?$")
+# A dot-atom-ish local part and, optionally, a domain of non-empty labels.
+_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+(@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)?$")
+_COMMENT = re.compile(r"(^|\s)#.*")
 
 
 class AliasError(Exception):
@@ -45,31 +47,43 @@ class Aliases:
     @classmethod
     def parse(cls, text: str, where: str = "aliases") -> Aliases:
         """@raise AliasError: with every problem, each naming its line."""
-        entries: list[tuple[int, str]] = []
-        for number, raw in enumerate(text.splitlines(), 1):
-            line = raw.split("#", 1)[0].rstrip()
+        # Each entry: its lines, as (line number, text without the comment).
+        entries: list[list[tuple[int, str]]] = []
+        # A byte order mark (an editor's) is not part of the first name.
+        for number, raw in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
+            # A comment starts at a '#' that begins the line or follows white
+            # space: '#' is an atext character (RFC 5322 section 3.2.3), so
+            # 'a#b@example.edu' is an address, not 'a' and a comment.
+            line = _COMMENT.sub("", raw).strip()
             if not line:
                 continue
             if raw[:1].isspace() and entries:
-                entries[-1] = (entries[-1][0], entries[-1][1] + " " + line.strip())
+                entries[-1].append((number, line))  # a continuation line
             else:
-                entries.append((number, line.strip()))
+                entries.append([(number, line)])
         table: dict[str, tuple[str, ...]] = {}
+        defined: set[str] = set()
         problems = []
-        for number, entry in entries:
-            name, sep, rest = entry.partition(":")
+        for lines in entries:
+            number = lines[0][0]
+            name, sep, rest = lines[0][1].partition(":")
             name = name.strip().lower()
-            targets = tuple(t.strip() for t in rest.replace(",", " ").split() if t.strip())
+            # Each target with its own line, so that a bad one on a
+            # continuation line is reported where it is.
+            targets = [(n, t) for n, part in [(number, rest), *lines[1:]]
+                       for t in part.replace(",", " ").split()]
             if not sep or not _NAME.match(name):
                 problems.append(f"{where}:{number}: expected 'name: target, ...'")
             elif not targets:
                 problems.append(f"{where}:{number}: {name} has no target")
-            elif name in table:
+            elif name in defined:
                 problems.append(f"{where}:{number}: {name} defined twice")
-            elif bad := [t for t in targets if not _NAME.match(t)]:
-                problems.append(f"{where}:{number}: bad target {bad[0]!r}")
+            elif bad := [(n, t) for n, t in targets if not _NAME.match(t)]:
+                problems.append(f"{where}:{bad[0][0]}: bad target {bad[0][1]!r}")
             else:
-                table[name] = targets
+                table[name] = tuple(t for _, t in targets)
+            if sep and _NAME.match(name):
+                defined.add(name)  # a broken definition is still a definition
         if problems:
             raise AliasError(problems)
         return cls(table)
@@ -107,6 +121,15 @@ class Aliases:
         """
         out: list[str] = []
         seen: set[str] = set()
+        # The final addresses already in C{out}, lower case: a set, so that a
+        # list of thousands of members expands in linear time (this runs on
+        # the reactor, for every RCPT TO).
+        kept: set[str] = set()
+
+        def keep(addr: str) -> None:
+            if addr.lower() not in kept:
+                kept.add(addr.lower())
+                out.append(addr)
 
         def walk(addr: str, depth: int) -> None:
             key = addr.lower()
@@ -115,8 +138,7 @@ class Aliases:
             seen.add(key)
             targets = self.lookup(addr, local_domains) if depth < MAX_DEPTH else None
             if targets is None:
-                if key not in (o.lower() for o in out):
-                    out.append(addr)
+                keep(addr)
                 return
             domain = addr.rpartition("@")[2] if "@" in addr else default_domain
             for target in targets:
@@ -124,8 +146,7 @@ class Aliases:
                 if qualified.lower() == key:
                     # 'bob: bob, bob@backup.org': the alias names its own
                     # mailbox (the /etc/aliases idiom), a final address.
-                    if key not in (o.lower() for o in out):
-                        out.append(addr)
+                    keep(addr)
                     continue
                 walk(qualified, depth + 1)
 
