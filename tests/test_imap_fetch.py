@@ -311,6 +311,20 @@ class StreamTests(SynchronousTestCase):
         self.assertEqual([found[1][b"BODY[]"], found[2][b"BODY[]"]], list(messages))
         self.assertEqual(calls, [("open", 1), ("open", 2)])
 
+    def test_no_nul_in_literals(self) -> None:
+        """RFC 3501's literal is CHAR8: a NUL stored in a message goes out
+        as 0x80, read whole or copied from the file, sizes unchanged."""
+        small = b"Subject: nul\r\n\r\na\x00b\r\n"
+        big = large(8)[:-10] + b"\x00\x00tail\r\n"
+        proto, t, _ = self.connect((small, big))
+        out = wire(proto, t, b"a FETCH 1:2 (BODY.PEEK[] BODY.PEEK[TEXT] RFC822.SIZE)")
+        self.assertNotIn(b"\x00", out)
+        found = parse_fetch(out[:out.rindex(b"a OK")])
+        self.assertEqual(found[1][b"BODY[]"], small.replace(b"\x00", b"\x80"))
+        self.assertEqual(found[1][b"BODY[TEXT]"], b"a\x80b\r\n")
+        self.assertEqual(wire(proto, t, b"b FETCH 2 BODY.PEEK[]")[-40:],
+                         big.replace(b"\x00", b"\x80")[-15:] + b")\r\nb OK FETCH completed\r\n")
+
     def test_file_cut_short(self) -> None:
         """A file shorter than the literal announced (cut by another program
         after it was opened): the response cannot be finished, so the

@@ -166,6 +166,13 @@ def needs_body(items: list[Item]) -> bool:
     return any(item.name not in _INDEX_ONLY for item in items)
 
 
+def octets(data: bytes) -> bytes:
+    """A message's octets as a FETCH literal may carry them: RFC 3501's
+    literal is CHAR8, which excludes NUL; a stored NUL goes out as 0x80 (as
+    Dovecot sends it), so that sizes and offsets stay those of the file."""
+    return data.replace(b"\0", b"\x80") if b"\0" in data else data
+
+
 def streamable(items: list[Item]) -> bool:
     """Do these items ask for nothing of the message but its octets as
     they are (or a range of them), so that it need not be read whole?"""
@@ -274,11 +281,11 @@ def render_pieces(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
         else:
             assert root is not None and data is not None
             if name == b"RFC822":
-                value = mime.literal(data)
+                value = mime.literal(octets(data))
             elif name == b"RFC822.HEADER":
-                value = mime.literal(root.header)
+                value = mime.literal(octets(root.header))
             elif name == b"RFC822.TEXT":
-                value = mime.literal(root.body)
+                value = mime.literal(octets(root.body))
             elif name == b"ENVELOPE":
                 value = mime.envelope(root.message)
             elif name in (b"BODY", b"BODYSTRUCTURE") and not item.section:
@@ -288,7 +295,7 @@ def render_pieces(info: MessageInfo, items: list[Item], recent: bool, uid: bool,
                 if item.partial is not None:
                     origin, count = item.partial
                     chunk = chunk[origin:origin + count]
-                value = mime.literal(chunk)
+                value = mime.literal(octets(chunk))
         yield (b"" if first else b" ") + item.label() + b" " + value
         first = False
     yield b")"

@@ -223,7 +223,7 @@ class SelectedCommands:
                                listener=self.context.listener.name, missing=end - origin, why=why)
                 self.transport.abortConnection()
                 return False
-            self.transport.write(chunk)
+            self.transport.write(fetch.octets(chunk))
             origin += len(chunk)
             if not await pressure.ready():
                 return False
