@@ -138,8 +138,16 @@ class FolderState(FolderModel):
         if row is None or row.uidvalidity != self.uidvalidity:
             self.vanish()
             return
-        self.row, self.uidnext, self.recent_uid = row, row.uidnext, row.recent_uid
+        self.row, self.recent_uid = row, row.recent_uid
         self.path = os.path.join(self.account_path, folder_dir(row.name))
+        if self.uidnext > row.uidnext:
+            # UIDs given by a transaction that failed are never given
+            # again: a UID names one message for ever (RFC 3501 section
+            # 2.3.1.1), even one nobody was told of.  This transaction
+            # records it.
+            self.save_row()
+        else:
+            self.uidnext = row.uidnext
         if self.loaded:
             rows = {r.uid: r for r in self.index.rows(row.id)}
             for uid in [u for u in self.infos if u not in rows]:

@@ -142,6 +142,18 @@ class _Account:
         # fsync of new/ and their UIDs), and whether one is under way.
         self.arrivals: list[tuple[Row, Deferred[None]]] = []
         self.committing = False
+        # What the call in the account's transaction asks for in memory if
+        # it rolls back (a session's view put back), or once it committed.
+        self.undo: list[Callable[[], object]] = []
+        self.committed: list[Callable[[], object]] = []
+
+    def ended(self, committed: bool) -> None:
+        """(thread) The transaction ended: run its C{committed} hooks, or
+        its C{undo} (latest first)."""
+        todo = self.committed if committed else self.undo[::-1]
+        self.undo, self.committed = [], []
+        for fn in todo:
+            fn()
 
 
 @implementer(IMailStore)
@@ -261,15 +273,18 @@ class MaildirStore:
             result = fn(acct, *args)
             acct.index.commit()
         except StoreError:
+            acct.ended(committed=False)
             acct.index.rollback()  # refusals are raised before any change
             raise
         except BaseException:
+            acct.ended(committed=False)  # first: even if the rollback fails
             acct.index.rollback()
             for state in acct.folders.values():
                 state.invalidate()
             raise
         finally:
             self._stamp(acct)
+        acct.ended(committed=True)
         return result
 
     def _stamp(self, acct: _Account) -> None:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_contract -*-
+# -*- test-case-name: tests.test_store_contract,tests.test_store_rollback -*-
 """
 Sessions on Maildir folders (L{IFolderSession}): a session holds its
 L{View} of the folder's shared L{FolderState}; every operation runs as one
@@ -55,6 +55,11 @@ def open_session(store: MaildirStore, account: str, name: str,
             acct.touched.add(state)
         recent = state.recent_uid
         view = View(state, readonly)
+
+        def undo() -> None:  # (see View.checkpoint) the SELECT failed
+            state.recent_uid = recent
+            state.detach(view)
+        acct.undo.append(undo)
         if not readonly:
             state.to_cur()
             _save_recent(state, recent)
@@ -162,7 +167,11 @@ class MaildirSession:
             if not state.gone and state.refresh():
                 acct.touched.add(state)
             recent = state.recent_uid
-            changes = self._view.sync(state)
+            # Until the commit the view can still be put back, and the
+            # change log must keep what it read (see gateway.store.view).
+            acct.undo.append(self._view.checkpoint(state))
+            changes = self._view.sync(state, trim=False)
+            acct.committed.append(state.trim)
             if not self.readonly and not state.gone:
                 state.to_cur()
                 _save_recent(state, recent)
@@ -300,6 +309,7 @@ class MaildirSession:
             state = self._live(acct)
             infos = state.set_flags(uids, system, keywords, mode)
             acct.touched.add(state)
+            acct.undo.append(self._view.checkpoint(state))
             self._view.update(infos)
             return infos
         return self._op(set_flags, write=True)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_contract -*-
+# -*- test-case-name: tests.test_store_contract,tests.test_store_rollback -*-
 """
 What a folder's sessions share, and each session's view of it, kept in
 memory.  Both stores use these (L{gateway.store.maildir} through its
@@ -16,13 +16,21 @@ the session semantics of the contract are written once:
   - \\Recent (RFC 3501 section 2.3.2): the folder remembers the highest UID
     already given as recent; the first read-write session to see a newer
     message gets it, read-only (EXAMINE) sessions see it recent without
-    taking it away from others.
+    taking it away from others;
+  - a store whose call can still fail after the view changed (the Maildir
+    store's index commit, L{gateway.store.session}) takes a
+    L{View.checkpoint} first and calls it if the call fails: the client
+    was told nothing, so the view (and the \\Recent it claimed) must be
+    as the client knows it, and the next sync reports the changes again.
+    Such a store syncs with C{trim=False} and trims the log once the call
+    succeeded, since the log must still hold what a restored view has not
+    read.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from weakref import WeakSet
 
 from gateway.store.model import Changes, MessageInfo
@@ -131,7 +139,25 @@ class View:
         i = bisect_left(self._uids, uid)
         return i if i < len(self._uids) and self._uids[i] == uid else None
 
-    def sync(self, folder: FolderModel) -> Changes:
+    def checkpoint(self, folder: FolderModel) -> Callable[[], None]:
+        """
+        A function that puts this view, and the \\Recent that C{folder}
+        gave, back as they are now (for a call that fails after L{sync} or
+        L{update}).  Cheap: the view's lists are replaced, never changed in
+        place, so keeping references keeps them as they are.
+        """
+        fields = self.version, self.uidnext, self.messages, self._uids, self.recent
+        recent_uid = folder.recent_uid
+
+        def restore() -> None:
+            self.version, self.uidnext, self.messages, self._uids, self.recent = fields
+            folder.recent_uid = recent_uid
+        return restore
+
+    def sync(self, folder: FolderModel, trim: bool = True) -> Changes:
+        """Take the folder's changes since the last sync into the view.
+        @param trim: trim the folder's change log after (see the module
+            docstring for when not to)."""
         uids = sorted(set(folder.since(self.version)))
         self.version = folder.version
         self.uidnext = max(self.uidnext, folder.uidnext)
@@ -160,7 +186,8 @@ class View:
             self._uids = [m.uid for m in messages]
             fresh = folder.claim_recent([m.uid for m in added], self.readonly)
             self.recent = frozenset((self.recent - gone) | fresh)
-        folder.trim()
+        if trim:
+            folder.trim()
         return Changes(tuple(added), tuple(expunged), tuple(flags))
 
     def update(self, infos: Iterable[MessageInfo]) -> None:
