@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp_delivery -*-
+# -*- test-case-name: tests.test_smtp_transaction,tests.test_smtp_server_review -*-
 """
 What happens to an accepted message: trace headers, then the store for
 local accounts and the outbound spool for everyone else, both durable before
@@ -111,8 +111,14 @@ def received_header(envelope: Envelope, hostname: str, when: float, for_: str | 
     RFC 5321 section 4.4 trace line.  The client's HELO is recorded as a
     claim next to the address we saw; it is never trusted.
     """
-    helo = "".join(c for c in envelope.helo if 0x21 <= ord(c) < 0x7F and c not in "()")[:255]
-    lines = [f"Received: from {helo or 'unknown'} ([{envelope.client}])"]
+    # Printable ASCII only (no CR or LF: no field of the client's making),
+    # no "(" or ")" (a comment), no ";" (what follows the field's last ";"
+    # is its date, RFC 5322 section 3.6.7: a HELO holding one made a date
+    # of the client's choosing the first one).
+    helo = "".join(c for c in envelope.helo if 0x21 <= ord(c) < 0x7F and c not in "();")[:255]
+    # RFC 5321 section 4.1.3: an IPv6 address literal is tagged.
+    client = f"IPv6:{envelope.client}" if ":" in envelope.client else envelope.client
+    lines = [f"Received: from {helo or 'unknown'} ([{client}])"]
     tls = ""
     if envelope.tls and envelope.tls.get("version"):
         tls = f" ({envelope.tls['version']} {envelope.tls.get('cipher', '')})".replace(" )", ")")

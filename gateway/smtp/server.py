@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp_transaction,tests.test_smtp_dsn -*-
+# -*- test-case-name: tests.test_smtp_transaction,tests.test_smtp_dsn,tests.test_smtp_server_review -*-
 """
 The ESMTP server protocol: EHLO, STARTTLS, AUTH and the mail transaction
 (MAIL, RCPT, DATA) under the relay policy, with durable delivery before 250.
@@ -13,6 +13,11 @@ Commands are processed one at a time: while a decision or a delivery is
 pending, nothing more is read (L{LineProtocol.serialize}), so pipelined
 commands are answered in order (PIPELINING is advertised truthfully).  DATA
 is read by L{gateway.smtp.data.DataReader}, which never ends a message early.
+Text sent after a refused DATA (RFC 2920 section 3.1: the client must wait)
+is never read as commands: the connection is closed.  CHUNKING is not
+offered; a BDAT chunk sent anyway is thrown away.  Once the connection is
+closing, nothing more of a message is taken (a TLS transport still reads).
+A server shutdown waits for the reply of a delivery in progress.
 
 Ours, on L{gateway.protocol.LineProtocol}: Twisted's C{ESMTP} processes
 commands pipelined after STARTTLS (CVE-2011-0411), does not reset the session
@@ -87,6 +92,12 @@ class SMTPServer(LineProtocol):
         self.messages = 0
         self.refused_recipients = 0
         self.reader: DataReader | None = None
+        #: octets of a refused BDAT chunk still to be thrown away (L{do_BDAT})
+        self.chunk_left = 0
+        #: a delivery is being written (between the message's end and its
+        #: reply): L{shutdown} waits for it
+        self.delivering = False
+        self.shutdown_pending = False
         self.services: SMTPServices | None = context.extras.get("smtp")
 
     def idle_timeout(self) -> float:
@@ -156,10 +167,23 @@ class SMTPServer(LineProtocol):
         verb, _, rest = line.partition(b" ")
         handler = self.handler_for(verb)
         if handler is None:
-            if not self.count_bad_command():
-                self.reply(500, "5.5.2", "command not recognized")
+            self.bad_command(500, "5.5.2", "command not recognized")
             return None
         return handler(rest.strip())
+
+    def bad_command(self, code: int, enhanced: str, text: str) -> None:
+        """
+        Refuse a command that counts toward C{max_bad_commands}; the one
+        that reaches the limit is answered with the 421 of the close (RFC
+        5321 section 3.8), written before the close begins (nothing may
+        be written into a TLS connection once its close has begun).
+        """
+        if self.bad_commands + 1 >= self.context.limits.max_bad_commands:
+            self.reply(421, "4.7.0", f"{self.context.hostname} too many errors, "
+                       "closing connection")
+        else:
+            self.reply(code, enhanced, text)
+        self.count_bad_command()
 
     def do_EHLO(self, arg: bytes) -> None:
         if not arg:
@@ -248,8 +272,33 @@ class SMTPServer(LineProtocol):
         # RFC 5321 section 3.5.3: no address harvesting.
         self.reply(252, "2.5.0", "cannot VRFY user, but will accept message and attempt delivery")
 
+    def do_EXPN(self, arg: bytes) -> None:
+        # RFC 5321 sections 3.5.3 and 7.3: disabled (it would list an
+        # alias's members), so 502 "not implemented", not a bad command.
+        self.reply(502, "5.5.1", "EXPN not available")
+
     def do_HELP(self, arg: bytes) -> None:
         self.reply(214, "2.0.0", "see RFC 5321")
+
+    def do_BDAT(self, arg: bytes) -> None:
+        """
+        CHUNKING (RFC 3030) is not offered, but a client sending BDAT
+        anyway sends that many octets of message after it: they are thrown
+        away, never read as commands.  A chunk size that cannot be read (or
+        is beyond the size limit) leaves no way to find the chunk's end:
+        the connection is closed.
+        """
+        size = arg.split(b" ")[0]
+        if not size.isdigit() or int(size) > self.context.limits.max_message_size:
+            self.reply(421, "4.7.0", f"{self.context.hostname} BDAT not available, "
+                       "closing connection")
+            self.disconnect()
+            return
+        self.envelope = None  # RFC 3030 section 2: a failed BDAT ends the transaction
+        self.bad_command(502, "5.5.1", "BDAT not available (no CHUNKING)")
+        if int(size) and not self.transport.disconnecting:
+            self.chunk_left = int(size)
+            self.setRawMode()
 
     # The mail transaction (RFC 5321 section 3.3)
 
@@ -364,10 +413,10 @@ class SMTPServer(LineProtocol):
 
     def do_DATA(self, arg: bytes) -> None:
         if self.envelope is None:
-            self.reply(503, "5.5.1", "MAIL first")
+            self._refuse_data(503, "5.5.1", "MAIL first")
             return
         if not self.envelope.recipients:
-            self.reply(554, "5.5.1", "no valid recipients")
+            self._refuse_data(554, "5.5.1", "no valid recipients")
             return
         self.reply(354, None, "end data with <CR><LF>.<CR><LF>")
         limits = self.context.limits
@@ -375,8 +424,40 @@ class SMTPServer(LineProtocol):
         self.setRawMode()
         self.refresh_timeout()  # now the data timeout, reset by every block
 
+    def _refuse_data(self, code: int, enhanced: str, text: str) -> None:
+        """
+        Refuse DATA.  RFC 2920 section 3.1: DATA ends a group, the client
+        waits for its reply; one that sent more already sent its message,
+        which must not be read as commands (it may hold a transaction of
+        its own).  As Postfix's C{smtpd_forbid_unauth_pipelining}: refused,
+        and the connection closed.
+        """
+        self.reply(code, enhanced, text)
+        if self._buffer:
+            self.log.info("{listener}: {peer} sent text after a refused DATA; closing",
+                          listener=self.context.listener.name, peer=self.peer)
+            self.reply(554, "5.5.0", "protocol synchronization error: text after a "
+                       "refused DATA, closing connection")
+            self.disconnect()
+
+    def _skip_chunk(self, data: bytes) -> None:
+        """Throw away the rest of a refused BDAT chunk (L{do_BDAT})."""
+        taken = min(self.chunk_left, len(data))
+        self.chunk_left -= taken
+        if not self.chunk_left:
+            self.setLineMode(data[taken:])
+
     def rawDataReceived(self, data: bytes) -> None:
+        if self.transport is None or self.transport.disconnecting:
+            # Closing (a 421 was sent: timeout, shutdown): nothing more of
+            # a message is taken.  A TLS transport still reads, for the
+            # client's close_notify, and would complete it.
+            self.reader = None
+            return
         self.resetTimeout()
+        if self.chunk_left:
+            self._skip_chunk(data)
+            return
         assert self.reader is not None and self.envelope is not None
         result = self.reader.feed(data)
         if result is None:
@@ -395,6 +476,7 @@ class SMTPServer(LineProtocol):
             self._resume(None)
             return
         assert self.services is not None
+        self.delivering = True
         d: Deferred[Reply] = maybeDeferred(self.services.delivery.deliver, envelope, result.data)
 
         def answered(reply: Reply) -> None:
@@ -407,8 +489,24 @@ class SMTPServer(LineProtocol):
                              listener=self.context.listener.name, id=envelope.queue_id)
             self.reply(451, "4.3.0", "local error in processing, try again later")
 
+        def done(result: Any) -> Any:
+            self.delivering = False
+            if self.shutdown_pending and not self.connection_lost:
+                self.shutdown_pending = False
+                super(SMTPServer, self).shutdown()
+            return result
+
         d.addCallbacks(answered, failed)
+        d.addBoth(done)
         d.addBoth(self._resume)
+
+    def shutdown(self) -> None:
+        """The server stops: a message being delivered is answered first
+        (a client hearing 421 instead would send it again), then 421."""
+        if self.delivering:
+            self.shutdown_pending = True
+            return
+        super().shutdown()
 
     def _hold(self) -> None:
         """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp_spool -*-
+# -*- test-case-name: tests.test_smtp_spool,tests.test_smtp_server_review -*-
 """
 The durable outbound spool: mail accepted for recipients elsewhere waits
 here for the outbound queue.
@@ -19,6 +19,10 @@ L{Spool.enqueue} fires: an envelope in C{new/} always has its message, and
 nothing is acknowledged before both are on disk.  A message without an
 envelope in C{new/} is a crash's leftover that was never acknowledged; the
 queue removes it.
+
+The names are the message's random queue id: a file already there (in
+C{tmp/} another writer's, in C{new/} a committed entry) is never removed
+or replaced; the enqueue fails instead.
 """
 
 from __future__ import annotations
@@ -51,8 +55,11 @@ class Spool:
         for sub in ("tmp", "new"):
             self.fs.makedirs(os.path.join(self.root, sub))
 
-    def _write(self, path: str, data: bytes) -> None:
+    def _write(self, path: str, data: bytes, created: list[str]) -> None:
+        """Write and fsync a new file; its name is added to C{created} once
+        the file is ours (a file that was there before is another's)."""
         fd = self.fs.open_new(path)
+        created.append(os.path.basename(path))
         try:
             self.fs.write(fd, data)
             self.fs.fsync(fd)
@@ -65,11 +72,15 @@ class Spool:
             self._ready = True
         tmp = os.path.join(self.root, "tmp")
         names = (f"{queue_id}.eml", f"{queue_id}.json")
-        written: list[str] = []
+        written: list[str] = []  # removed if anything below fails
         try:
             for name, content in zip(names, (data, envelope)):
-                written.append(name)  # remove it if anything below fails
-                self._write(os.path.join(tmp, name), content)
+                self._write(os.path.join(tmp, name), content, written)
+            for name in names:
+                # rename() would replace a committed entry of the same
+                # (random) id without a word: never lose one.
+                if self._exists(os.path.join(self.new, name)):
+                    raise FileExistsError(f"spool entry {name} exists")
             for name in names:  # message first, envelope (the commit) last
                 self.fs.rename(os.path.join(tmp, name), os.path.join(self.new, name))
                 written.remove(name)
@@ -79,6 +90,13 @@ class Spool:
                     self.fs.unlink(os.path.join(tmp, name))
                 except OSError:
                     pass
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self.fs.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def enqueue(self, sender: str, recipients: list[str], data: bytes,
                 queue_id: str, dsn: dict[str, Any] | None = None) -> Deferred[str]:
