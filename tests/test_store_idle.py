@@ -123,7 +123,7 @@ class PollTests(IdleTestCase):
         self.spy.ran.clear()
         for _ in range(5):
             self.clock.advance(1)
-        self.assertEqual(self.spy.ran, ["_look"] * 5)
+        self.assertEqual(self.spy.ran, ["changed_accounts"] * 5)
         self.assertTrue(self.index().suspended)
 
     def test_one_look_for_all_accounts(self) -> None:
@@ -133,7 +133,7 @@ class PollTests(IdleTestCase):
         self.clock.advance(IDLE + 1)
         self.spy.ran.clear()
         self.clock.advance(1)
-        self.assertEqual(self.spy.ran.count("_look"), 1)
+        self.assertEqual(self.spy.ran.count("changed_accounts"), 1)
 
     def test_another_program_delivers(self) -> None:
         session, calls = self.idle_session()

@@ -148,7 +148,7 @@ class SameTickTests(ReviewTestCase):
         self.spy.ran.clear()
         for _ in range(3):
             self.clock.advance(1)
-        self.assertEqual((self.fs.ops("listdir"), self.spy.ran), ([], ["_look"] * 3))
+        self.assertEqual((self.fs.ops("listdir"), self.spy.ran), ([], ["changed_accounts"] * 3))
 
 
 class OneDirectoryListedTests(ReviewTestCase):
@@ -323,7 +323,7 @@ class CloseRaceTests(ReviewTestCase):
         for _ in range(int(IDLE) + 5):
             self.clock.advance(1)  # its call waits in its worker thread
         self.assertFalse(self.index().suspended)
-        self.assertNotIn("suspend", [job[0].__name__ for job in self.runner.queue])
+        self.assertNotIn("close_index", [job[0].__name__ for job in self.runner.queue])
         self.runner.run_one()  # the read, in the account's lock
         self.assertEqual(self.ok(read), MESSAGE.replace(b"\n", b"\r\n"))
         self.run_all()
@@ -340,10 +340,10 @@ class CloseRaceTests(ReviewTestCase):
         for _ in range(int(IDLE) + 1):
             self.clock.advance(1)
             names = [job[0].__name__ for job in self.runner.queue]
-            if "suspend" in names:
+            if "close_index" in names:
                 break
             self.run_all()
-        self.assertIn("suspend", names)
+        self.assertIn("close_index", names)
         flags = session.set_flags([1], ["$Kw"], "add")
         delivered = self.store.deliver([ALICE], MESSAGE)
         self.run_all()

@@ -95,7 +95,7 @@ from gateway.store import folders
 from gateway.store.durable import TMP_MAX_AGE, Disk
 from gateway.store.folder import FolderState
 from gateway.store.fs import Batcher, FileSystem, call_in_thread
-from gateway.store.index import INDEX_FILE, AccountIndex, Row, release_memory, stamp
+from gateway.store.index import INDEX_FILE, AccountIndex, Row, release_memory
 from gateway.store.model import (
     DEFAULT_FOLDERS,
     DeliveryReport,
@@ -117,6 +117,7 @@ from gateway.store.names import (
     normalise,
     storage_failure,
 )
+from gateway.store.watch import changed_accounts, close_index
 
 LOCK_FILE = "gateway-pop3.lock"
 #: Seconds between two L{release_memory} calls, at most.
@@ -289,7 +290,7 @@ class MaildirStore:
 
     def _stamp(self, acct: _Account) -> None:
         """(thread) Remember what the index files look like after our
-        transaction, for the poll (L{_look})."""
+        transaction, for the poll (L{changed_accounts})."""
         try:
             acct.stamp = acct.index.stamp() if acct.index is not None else None
         except Exception:
@@ -676,7 +677,7 @@ class MaildirStore:
         """
         A tick: close the index of each account idle for C{index_idle}
         seconds, and more if over C{open_indexes}; start one worker call that looks at every account with
-        sessions (L{_look}), unless the last one is still running; now and
+        sessions (L{changed_accounts}), unless the last one is still running; now and
         then give freed memory back; stop ticking when no account has a
         session or an open index and nothing is left to give back.
         """
@@ -717,42 +718,12 @@ class MaildirStore:
         if watched and not self._looking:
             self._looking = True
             try:
-                d = self._run(self._look, watched)
+                d = self._run(changed_accounts, self.fs, watched)
             except Exception:  # no thread to run it (stopping)
                 d = fail()
             d.addBoth(self._looked)
         if not busy and not self._looking:
             self._poller.stop()
-
-    def _look(self, watched: list[tuple[_Account, list[FolderState]]]) -> list[_Account]:
-        """
-        (thread, without the accounts' locks) The accounts where something
-        moved since their last transaction: a C{new/} or C{cur/} mtime of a
-        folder with sessions differs from the one its last listing recorded
-        (or none was: see L{gateway.store.folder}), or the index files
-        differ from their stamp.  Reads what the locked calls write: a value
-        read half-way through one of them makes a needless look, never a
-        missed one, since that call ends by recording what it saw.
-        """
-        moved = []
-        stat = self.fs.stat
-        new, cur = os.sep + "new", os.sep + "cur"  # (the hot loop of an idle process)
-        for acct, states in watched:
-            try:
-                if acct.index is not None and stamp(acct.index.path) != acct.stamp:
-                    moved.append(acct)
-                    continue
-                for state in states:
-                    if state.gone:
-                        continue  # its sessions were told; nothing to look at
-                    path, row = state.path, state.row
-                    if (stat(path + new).st_mtime_ns != row.new_mtime
-                            or stat(path + cur).st_mtime_ns != row.cur_mtime):
-                        moved.append(acct)
-                        break
-            except OSError:  # a folder vanished: the locked look says so
-                moved.append(acct)
-        return moved
 
     def _looked(self, result: list[_Account] | Failure) -> None:
         from gateway.store.session import poll
@@ -768,21 +739,6 @@ class MaildirStore:
         thread) and drop its folders that have no session; a later tick
         gives the memory back (L{release_memory})."""
 
-        def suspend(acct: _Account) -> None:
-            index = acct.index
-            if index is None or index.suspended:
-                return
-            for name, state in list(acct.folders.items()):
-                if state.has_views():
-                    state.shrink()
-                else:
-                    del acct.folders[name]
-            # A change another process committed since our last transaction
-            # is not in our caches: leave the stamp unknown, so that the
-            # next look reopens the index and reports it.
-            unseen = index.suspend()
-            acct.stamp = None if unseen else stamp(index.path)
-
         def done(result: object) -> None:
             self._suspending -= 1
             self._untrimmed = True
@@ -791,7 +747,7 @@ class MaildirStore:
                                   account=acct.name)
 
         self._suspending += 1
-        acct.lock.run(self._run, suspend, acct).addBoth(done)
+        acct.lock.run(self._run, close_index, acct).addBoth(done)
 
     def close(self) -> Deferred[None]:
         """Stop polling and close the index databases (at shutdown)."""
