@@ -25,12 +25,11 @@ from gateway.pop3.protocol import POP3Factory
 from gateway.protocol import ListenerContext
 from gateway.store.maildir import MaildirStore
 from gateway.testing import MemoryStore
+from tests.pop3_support import BOB, HeldThreads, lock_is_free, stored_messages
 from tests.test_auth_protocols import login_answered_after_loss
-from tests.test_pop3_readahead_review import HeldThreads, lock_is_free, stored_messages
 from tests.test_pop3_transaction import send
 from tests.test_protocols import MECHANISMS, TLS, auth_stack, connect, lines
 
-BOB = "bob@example.edu"
 ALICE = "alice@example.edu"  # has an APOP secret ("correct horse")
 BOB_LOGIN = b"USER bob@example.edu\r\nPASS battery staple\r\n"
 ONE = b"Subject: one\r\n\r\nbody one\r\n.leading dot\r\n"

@@ -17,7 +17,6 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -30,11 +29,11 @@ from gateway.pop3.transfer import CHUNK, FlowGate, MessageCutShort, MessageProdu
 from gateway.store.fs import FileSystem
 from gateway.store.maildir import MaildirStore
 from gateway.testing import MemoryStore
+from tests.pop3_support import BOB, HeldThreads, lock_is_free, stored_messages
 from tests.test_pop3_readahead import PacedTransport, SessionSpy, login_bob, message
 from tests.test_pop3_transaction import send
 from tests.test_protocols import lines
 
-BOB = "bob@example.edu"
 IDLE = 600.0  # Limits().idle_timeout_pop3
 
 
@@ -95,24 +94,6 @@ MAILBOX = [
 
 
 
-def stored_messages(test: Any, store: Any) -> list[Any]:
-    """The messages of bob's INBOX in C{store}, as a new session sees them."""
-    session = test.successResultOf(store.open_folder(BOB, "INBOX"))
-    try:
-        return list(session.messages())
-    finally:
-        session.close()
-
-
-def lock_is_free(store: Any, account: str = BOB) -> bool:
-    """Can the POP3 lock of C{account} be taken now?  (It is given back at once.)"""
-    result: list[Any] = []
-    store.lock_pop3(account).addBoth(result.append)
-    if result and callable(result[0]):
-        result[0]()
-        return True
-    return False
-
 class PullPacedTransport(PacedTransport):
     """
     L{PacedTransport} with pull producers driven as Twisted's TCP transport
@@ -141,31 +122,6 @@ class PullPacedTransport(PacedTransport):
             received += data
             idle = 0 if data else idle + 1
         return received
-
-
-class HeldThreads:
-    """
-    A C{run_in_thread} for L{MaildirStore}: runs at once, or, while
-    L{hold} is set, keeps the calls until L{release} (a read that is
-    still in the worker thread).
-    """
-
-    def __init__(self) -> None:
-        self.hold = False
-        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def __call__(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
-        if not self.hold:
-            return maybeDeferred(f, *args, **kw)
-        d: Deferred[Any] = Deferred()
-        self.held.append((d, lambda: f(*args, **kw), ()))
-        return d
-
-    def release(self) -> None:
-        self.hold = False
-        while self.held:
-            d, f, _ = self.held.pop(0)
-            maybeDeferred(f).chainDeferred(d)
 
 
 class FaultyFS(FileSystem):
